@@ -1,0 +1,3 @@
+"""score-erasure: robust concept erasure for text-to-image diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from score_erasure.cli import main
+
+main()

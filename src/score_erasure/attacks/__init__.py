@@ -1,0 +1,59 @@
+"""Attacks on erased models, found by name. Adding an attack is adding a module and one line of `ATTACKS`.
+
+An attack is `run(ctx, prompt, index, config) -> Found`: from one prompt of the protocol it finds the tokens
+(or free token vectors) that bring the concept back on the model in `ctx.denoiser`. `prompts(ctx, config)`
+says which prompts it starts from: the protocol's target prompts, except for `paraphrase`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from score_erasure.attacks.base import AttackContext, Found
+from score_erasure.attacks.inversion import InversionConfig, inversion
+from score_erasure.attacks.p4d import P4DConfig, p4d
+from score_erasure.attacks.paraphrase import ParaphraseConfig, paraphrase, paraphrase_prompts
+from score_erasure.attacks.ring_a_bell import RingABellConfig, ring_a_bell
+from score_erasure.attacks.unlearndiff import UnlearnDiffConfig, unlearndiff
+from score_erasure.errors import UserError, validated_config
+
+
+def target_prompts(ctx: AttackContext, cfg: BaseModel) -> list[str]:
+    return list(ctx.targets)
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    run: Callable[[AttackContext, str, int, BaseModel], Found]
+    config_class: type[BaseModel]
+    summary: str
+    prompts: Callable[[AttackContext, BaseModel], list[str]] = target_prompts
+
+    def config(self, overrides: dict | None = None) -> BaseModel:
+        return validated_config(self.config_class, dict(overrides or {}), self.name)
+
+
+ATTACKS: dict[str, Attack] = {a.name: a for a in (
+    Attack("unlearndiff", unlearndiff, UnlearnDiffConfig, "UnlearnDiffAtk: prepended tokens chosen by the erased "
+           "model's own denoising loss on concept images"),
+    Attack("p4d", p4d, P4DConfig, "P4D: tokens that make the erased model predict what the base predicts"),
+    Attack("ring-a-bell", ring_a_bell, RingABellConfig, "Ring-A-Bell: genetic token search towards prompt + "
+           "concept vector (text encoder only)"),
+    Attack("inversion", inversion, InversionConfig, "concept inversion: textual inversion of a new word against "
+           "the erased model"),
+    Attack("paraphrase", paraphrase, ParaphraseConfig, "held-out paraphrases and compositional prompts",
+           paraphrase_prompts),
+)}
+
+
+def get_attack(name: str) -> Attack:
+    if name not in ATTACKS:
+        raise UserError(f"unknown attack '{name}'; choose one of: {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+__all__ = ["ATTACKS", "Attack", "AttackContext", "Found", "get_attack"]

@@ -1,0 +1,112 @@
+"""The Denoiser: the one interface every erasure method and attack talks to.
+
+It hides what the network predicts (noise, v or velocity), how prompts are encoded, how latents are
+laid out, and which weights count as cross-attention. Methods combine predictions linearly (guidance
+targets); that is valid in any parameterisation that is affine in the noise for a fixed x_t, which
+epsilon, v and flow velocity all are.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from score_erasure.errors import UserError
+
+GROUPS = ("xattn-kv", "xattn", "non-xattn", "full")
+
+
+class Denoiser(ABC):
+    """A text-conditioned denoising network plus everything needed to run it on prompts."""
+
+    #: regexes over parameter names, per backend: the K/V projections that read text, and all of the
+    #: attention that reads text
+    XATTN_KV: str
+    XATTN: str
+    #: attribute of the pipeline that holds the network (`unet`, `transformer`)
+    network_attr: str
+
+    def __init__(self, pipe, network: nn.Module | None = None):
+        self.pipe = pipe
+        self.network = network if network is not None else getattr(pipe, self.network_attr)
+
+    # --- prompts -------------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Conditioning for each prompt (no gradient: text encoders are frozen)."""
+
+    @abstractmethod
+    def encode_embeddings(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditioning from token embeddings, with gradient: what `encode` computes for the tokens
+        `input_ids`, with the text encoder's input-embedding lookup replaced by `inputs_embeds` (B, L, width).
+        Attacks optimise prompts through it."""
+
+    # --- one network evaluation -----------------------------------------------------------------
+    @abstractmethod
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The network's native output at (x_t, t, cond)."""
+
+    def predict_many(self, inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """`predict` at several (x_t, t, cond) in one batched call (much cheaper than one call each)."""
+        sizes = [len(x) for x, _, _ in inputs]
+        t = torch.cat([torch.as_tensor(t).reshape(-1).expand(len(x)) for x, t, _ in inputs])
+        pred = self.predict(torch.cat([x for x, _, _ in inputs]), t, torch.cat([c for _, _, c in inputs]))
+        return list(pred.split(sizes))
+
+    @abstractmethod
+    def clean_estimate(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """One-step estimate x0_hat of the clean latent from a prediction."""
+
+    # --- sampling ---------------------------------------------------------------------------------
+    @abstractmethod
+    def timesteps(self, steps: int) -> torch.Tensor:
+        """The sampler's timesteps, from pure noise (index 0) to clean."""
+
+    @abstractmethod
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Initial latent noise for n samples."""
+
+    @abstractmethod
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output at x_t = add_noise(x0, noise, t): the denoising loss's target."""
+
+    @abstractmethod
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The forward process: x_t from a clean latent (per-sample t allowed)."""
+
+    @abstractmethod
+    def sample(self, cond: torch.Tensor, steps: int, until: int | None = None, guidance: float = 3.0,
+               generator: torch.Generator | None = None, x: torch.Tensor | None = None,
+               start: int = 0) -> torch.Tensor:
+        """Sample with classifier-free guidance from step `start` (x, or fresh noise) to step `until` of
+        `steps` (the end when None), without gradients; the result is a latent at `timesteps(steps)[until]`."""
+
+    @abstractmethod
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [0, 1], (N, 3, H, W)."""
+
+    # --- parameters ------------------------------------------------------------------------------
+    def parameters(self, group: str) -> dict[str, nn.Parameter]:
+        """Named parameters of a group: `xattn-kv`, `xattn`, `non-xattn` (ESD-u) or `full`."""
+        if group not in GROUPS:
+            raise UserError(f"unknown parameter group '{group}'; choose one of: {', '.join(GROUPS)}")
+        named = dict(self.network.named_parameters())
+        if group == "full":
+            return named
+        if group == "xattn-kv":
+            return {k: v for k, v in named.items() if re.search(self.XATTN_KV, k)}
+        xattn = {k: v for k, v in named.items() if re.search(self.XATTN, k)}
+        return xattn if group == "xattn" else {k: v for k, v in named.items() if k not in xattn}
+
+    def frozen_copy(self) -> Denoiser:
+        """The same model with a frozen deep copy of the network: epsilon_0 of the methods' equations."""
+        network = copy.deepcopy(self.network).requires_grad_(False).eval()
+        return type(self)(self.pipe, network)
+
+    def unconditional(self, n: int = 1) -> torch.Tensor:
+        return self.encode([""] * n)

@@ -1,0 +1,134 @@
+"""`score certify`: a probe-relative estimate of how much of a concept is left in a model's images.
+
+N images come from concept prompts (the protocol's targets and held-out paraphrases, plus the prompts and
+token vectors that attacks found, given their folders) and N from matched prompts without the concept (the
+spec's anchors: the same wording with the concept removed; or the protocol's neutral prompts), image j of
+either class from seed j. Fresh probes
+read the judge's image features and estimate I(C; X) for the model and for its base (probes.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from score_erasure.attacks.base import Found
+from score_erasure.attacks.run import found_prompts
+from score_erasure.attacks.tokens import token_prompt
+from score_erasure.backends import denoiser_for
+from score_erasure.certify.probes import Leakage, probe_leakage
+from score_erasure.errors import UserError, validated_config
+from score_erasure.evaluation.cache import use_sampler
+from score_erasure.evaluation.evaluate import check_resolutions
+from score_erasure.evaluation.judges import load_judge
+from score_erasure.evaluation.protocol import Protocol, resolve_protocol
+from score_erasure.generate import generate
+from score_erasure.models import load_pipeline, model_hash
+from score_erasure.provenance import provenance
+from score_erasure.spec import ConceptSpec, build_spec
+
+ASSUMPTION = (
+    "Probes give a lower bound on leakage: a probe that tells concept images from neutral ones proves at least "
+    "that much information about the concept is in the images, but a probe that fails proves nothing about a "
+    "better one. Reading mi_nats as an upper bound (at most this much leaks) assumes that the probe family, "
+    "logistic regression and a small MLP on the judge's features, is near-optimal for this concept; nothing here "
+    "measures how far it is from optimal. The Pinsker accuracy inherits the same assumption.")
+
+
+class CertifyConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n: int = Field(256, ge=8)  # images per class (the research note asks for 500; 256 keeps 2 cores < 10 min)
+    folds: int = Field(5, ge=2)
+    delta: float = Field(1e-3, gt=0, lt=0.5)  # probabilities clipped to [δ, 1 − δ]
+    neutral: Literal["anchors", "protocol"] = "anchors"
+    seed: int = 0
+
+
+def certificate_inputs(denoiser, protocol: Protocol, concept: str, spec: ConceptSpec, neutral: str,
+                       attack_folders: list[Path]) -> tuple[list[Found], list[Found]]:
+    """The concept prompts (targets, paraphrases, attacks' finds) and the neutral prompts, as token prompts."""
+    groups = protocol.prompts(concept)
+    concept_found = [Found(token_prompt(denoiser, [p]), p) for p in dict.fromkeys(groups["target"]
+                                                                                 + groups["generality"])]
+    for folder in attack_folders:
+        concept_found += [Found(tokens, meta["adversarial"], vectors)
+                          for tokens, vectors, meta in found_prompts(folder)]
+    words = list(dict.fromkeys(spec.anchor_prompts)) if neutral == "anchors" else list(groups["neutral"])
+    return concept_found, [Found(token_prompt(denoiser, [p]), p) for p in words]
+
+
+def class_images(pipe, inputs: list[Found], n: int, protocol: Protocol, seed: int) -> np.ndarray:
+    """n images; image j uses seed `seed + j` and input j mod len(inputs).
+
+    Both classes use the same n seeds, one image per seed: with seeds reused within a class and not across,
+    a probe could learn which noises a class drew instead of what the prompts put in the images."""
+    denoiser = denoiser_for(pipe)
+    use_sampler(pipe, protocol.sampling.sampler)
+    images: list[np.ndarray | None] = [None] * n
+    for i, found in enumerate(inputs[:n]):
+        rows = list(range(i, n, len(inputs)))
+        drawn = generate(pipe, [found.adversarial], [seed + j for j in rows], steps=protocol.sampling.steps,
+                         guidance=protocol.sampling.guidance, prompt_embeds=found.condition(denoiser),
+                         show_progress=False)[0]
+        for j, image in zip(rows, drawn, strict=True):
+            images[j] = image
+    return np.stack(images)
+
+
+def leakage_of(pipe, judge, concept_inputs: list[Found], neutral_inputs: list[Found], protocol: Protocol,
+               cfg: CertifyConfig) -> tuple[Leakage, np.ndarray, np.ndarray]:
+    concept_images = class_images(pipe, concept_inputs, cfg.n, protocol, cfg.seed)
+    neutral_images = class_images(pipe, neutral_inputs, cfg.n, protocol, cfg.seed)
+    features = torch.cat([judge.features(concept_images), judge.features(neutral_images)]).numpy()
+    labels = np.r_[np.ones(cfg.n, dtype=int), np.zeros(cfg.n, dtype=int)]
+    return (probe_leakage(features, labels, cfg.folds, cfg.delta, cfg.seed, protocol.bootstrap), concept_images,
+            neutral_images)
+
+
+def certify(model: str, concept: str, out: Path, task: str | None = None, base: str = "embedded",
+            protocol_path: Path | None = None, attack_folders: list[Path] | None = None,
+            overrides: dict | None = None):
+    """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
+    from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
+
+    start = time.time()
+    cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
+    protocol = resolve_protocol(task, protocol_path)
+    protocol.concept(concept)
+    judge = load_judge(protocol.judge)
+    if not judge.has_features:
+        raise UserError(f"judge '{judge.name}' has no image features for the probes to read; use a protocol whose "
+                        "judge has them (world, clip)")
+    for folder in attack_folders or []:
+        if not any((Path(folder) / "prompts").glob("*.safetensors")):
+            raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "
+                            "output folder")
+    pipe = load_pipeline(model)
+    base_pipe = pipe if base == model else load_pipeline(base)
+    check_resolutions(pipe, base_pipe, model, base)
+    concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept,
+                                                        build_spec(base, [concept]), cfg.neutral,
+                                                        list(attack_folders or []))
+    leak, concept_images, neutral_images = leakage_of(pipe, judge, concept_inputs, neutral_inputs, protocol, cfg)
+    base_leak, base_concept_images, base_neutral_images = (
+        (leak, concept_images, neutral_images) if base_pipe is pipe
+        else leakage_of(base_pipe, judge, concept_inputs, neutral_inputs, protocol, cfg))
+    report = CertificateReport(
+        task=protocol.task, concept=concept, model=model, base=base, model_hash=model_hash(model),
+        base_hash=model_hash(base), protocol={"name": protocol.name, "version": protocol.version},
+        protocol_hash=protocol.hash, config={**cfg.model_dump(), "judge": judge.describe(),
+                                             "sampling": protocol.sampling.model_dump(),
+                                             "attack_folders": [str(f) for f in attack_folders or []]},
+        n_per_class=cfg.n, concept_prompts=[f.adversarial for f in concept_inputs],
+        neutral_prompts=[f.adversarial for f in neutral_inputs],
+        **leakage_record(leak, base_leak), assumption=ASSUMPTION, **provenance(), seconds=0.0)
+    report.seconds = time.time() - start
+    write_certificate(report, {"model": (concept_images, neutral_images),
+                               "base": (base_concept_images, base_neutral_images)}, out)
+    return report

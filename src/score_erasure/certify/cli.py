@@ -1,0 +1,53 @@
+"""`score certify`: parse, call the library, print."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from score_erasure.evaluation.cli import ConceptOpt, ProtocolOpt, TaskOpt
+
+
+def register(app: typer.Typer) -> None:
+    from score_erasure.cli import ModelOpt, console
+
+    @app.command("certify")
+    def certify_cmd(
+        concept: ConceptOpt,
+        out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
+        model: ModelOpt = "embedded",
+        base: Annotated[str, typer.Option(help="The model before erasure: certified the same way, for the ratio.")]
+        = "embedded",
+        task: TaskOpt = None,
+        protocol: ProtocolOpt = None,
+        attacks: Annotated[list[Path] | None, typer.Option("--attacks", help="A `score attack` output folder whose "
+                                                           "found prompts join the concept prompts; repeat.")]
+        = None,
+        n: Annotated[int, typer.Option("-n", help="Images per class (concept, neutral) and model.")] = 256,
+        folds: Annotated[int, typer.Option(help="Cross-fitting folds of the probes.")] = 5,
+        neutral: Annotated[str, typer.Option(help="'anchors' (the concept's prompts without it) or 'protocol' "
+                                                  "(the protocol's neutral prompts).")] = "anchors",
+        seed: Annotated[int, typer.Option(help="First image seed.")] = 0,
+    ) -> None:
+        """Estimate how much of a concept is left: mutual information between concept and image, in nats.
+
+        Fresh probes (logistic regression, small MLP) on the judge's features of N concept and N neutral images;
+        a lower bound on leakage, read as an upper bound only if the probes are near-optimal.
+        """
+        from score_erasure.certify.certificate import certify
+        from score_erasure.evaluation.report import fmt
+
+        report = certify(model, concept, out, task=task, base=base, protocol_path=protocol, attack_folders=attacks,
+                         overrides={"n": n, "folds": folds, "neutral": neutral, "seed": seed})
+        table = Table(title=f"leakage of {report.task} / {concept}: {model} vs base {base}")
+        for col in ("estimate", "model", "95% interval", "base", "95% interval"):
+            table.add_column(col)
+        for name in ("mi_nats", "fano_nats", "pinsker_max_accuracy"):
+            m, b = getattr(report, name), getattr(report, f"base_{name}")
+            table.add_row(name, fmt(m.value), f"[{fmt(m.ci_low)}, {fmt(m.ci_high)}]", fmt(b.value),
+                          f"[{fmt(b.ci_low)}, {fmt(b.ci_high)}]")
+        console.print(table)
+        ratio = "undefined (no leakage measured in the base)" if report.ratio is None else fmt(report.ratio)
+        console.print(f"ratio model / base: {ratio}\n{report.assumption}\n"
+                      f"{report.seconds:.1f} s; report: {out / 'report.html'}")

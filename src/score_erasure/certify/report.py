@@ -1,0 +1,151 @@
+"""The certificate's report.json (a pydantic record) and report.html (rendered from it and the image strips)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from score_erasure.certify.probes import Leakage
+from score_erasure.evaluation.report import Metric, RunHeader, _b64, _figure_png, fmt, metric_bars, save_strip
+from score_erasure.io import atomic_write_text
+
+CERTIFICATE_FORMAT = "score-erasure/certificate/1"
+STRIP_IMAGES = 8
+
+
+class ProbeRecord(BaseModel):
+    mi_nats: Metric
+    fano_nats: Metric
+    accuracy: Metric
+    cross_entropy: float
+
+
+class CertificateReport(RunHeader):
+    format: Literal["score-erasure/certificate/1"] = CERTIFICATE_FORMAT
+    config: dict
+    n_per_class: int
+    concept_prompts: list[str]
+    neutral_prompts: list[str]
+    mi_nats: Metric  # max(0, log 2 − held-out cross-entropy) of the best probe
+    base_mi_nats: Metric
+    fano_nats: Metric  # log 2 − h_b(held-out error)
+    base_fano_nats: Metric
+    pinsker_max_accuracy: Metric  # ½ + √(I/2) at mi_nats (and at its interval's ends)
+    base_pinsker_max_accuracy: Metric
+    ratio: float | None  # mi_nats / base_mi_nats (None when the base leaks nothing measurable)
+    probes: dict[str, ProbeRecord]
+    base_probes: dict[str, ProbeRecord]
+    assumption: str
+    notes: list[str] = Field(default_factory=list)
+    versions: dict[str, str]
+    platform: str
+    created: str
+    seconds: float
+
+
+def _probe_records(leak: Leakage) -> dict[str, dict]:
+    return {name: {"mi_nats": p.mi_nats.as_dict(), "fano_nats": p.fano_nats.as_dict(),
+                   "accuracy": p.accuracy.as_dict(), "cross_entropy": p.cross_entropy}
+            for name, p in leak.probes.items()}
+
+
+def leakage_record(leak: Leakage, base_leak: Leakage) -> dict:
+    """The report's estimate fields for the model and its base."""
+    return {"mi_nats": leak.mi_nats.as_dict(), "base_mi_nats": base_leak.mi_nats.as_dict(),
+            "fano_nats": leak.fano_nats.as_dict(), "base_fano_nats": base_leak.fano_nats.as_dict(),
+            "pinsker_max_accuracy": leak.pinsker_max_accuracy.as_dict(),
+            "base_pinsker_max_accuracy": base_leak.pinsker_max_accuracy.as_dict(),
+            "ratio": leak.mi_nats.value / base_leak.mi_nats.value if base_leak.mi_nats.value > 0 else None,
+            "probes": _probe_records(leak), "base_probes": _probe_records(base_leak)}
+
+
+TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>leakage of {{ r.concept }}: {{ r.model }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img.strip { image-rendering: pixelated; height: 72px; } .small { color: #666; font-size: 85%; }
+code { background: #f5f5f5; padding: 0 3px; } .assumption { border-left: 4px solid #c80; padding-left: 1em; }
+</style></head><body>
+<h1>Leakage certificate: {{ r.task }} / {{ r.concept }}</h1>
+<p>model <code>{{ r.model }}</code> (<span class="small">{{ r.model_hash[:16] }}</span>), base <code>{{ r.base }}</code>
+(<span class="small">{{ r.base_hash[:16] }}</span>); protocol <code>{{ r.protocol.name }}</code>
+v{{ r.protocol.version }}; {{ r.n_per_class }} images per class; {{ "%.1f"|format(r.seconds) }} s; {{ r.created }}.</p>
+<p class="assumption"><b>What this number means.</b> {{ r.assumption }}</p>
+<table><tr><th></th><th>model</th><th>95% interval</th><th>base</th><th>95% interval</th></tr>
+{% for name, label in rows %}{% set m = r[name] %}{% set b = r["base_" + name] %}
+<tr><td>{{ label }}</td><td class="num">{{ fmt(m.value) }}</td>
+<td class="num">[{{ fmt(m.ci_low) }}, {{ fmt(m.ci_high) }}]</td>
+<td class="num">{{ fmt(b.value) }}</td><td class="num">[{{ fmt(b.ci_low) }}, {{ fmt(b.ci_high) }}]</td></tr>
+{% endfor %}</table>
+<p>ratio mi_nats / base_mi_nats:
+{{ fmt(r.ratio) if r.ratio is not none else "undefined (the base shows no leakage)" }}</p>
+<img src="{{ plot }}" alt="mi">
+<h2>Probes (k-fold cross-fitted)</h2>
+<table><tr><th>probe</th><th>model: mi_nats</th><th>accuracy</th><th>cross-entropy</th><th>base: mi_nats</th>
+<th>accuracy</th><th>cross-entropy</th></tr>
+{% for name, p in r.probes.items() %}{% set b = r.base_probes[name] %}
+<tr><td>{{ name }}</td><td class="num">{{ fmt(p.mi_nats.value) }}</td><td class="num">{{ fmt(p.accuracy.value) }}</td>
+<td class="num">{{ fmt(p.cross_entropy) }}</td><td class="num">{{ fmt(b.mi_nats.value) }}</td>
+<td class="num">{{ fmt(b.accuracy.value) }}</td><td class="num">{{ fmt(b.cross_entropy) }}</td></tr>
+{% endfor %}</table>
+<h2>Images (first {{ strip_images }} of each class)</h2>
+<table><tr><th></th><th>concept prompts</th><th>neutral prompts</th></tr>
+{% for who in ("model", "base") %}<tr><td>{{ who }}</td>
+<td><img class="strip" src="{{ image("images/" + who + "-concept.png") }}" alt="concept"></td>
+<td><img class="strip" src="{{ image("images/" + who + "-neutral.png") }}" alt="neutral"></td></tr>{% endfor %}
+</table>
+<h2>Prompts</h2><p><b>concept (C = 1):</b> {{ r.concept_prompts|join("; ") }}</p>
+<p><b>neutral (C = 0):</b> {{ r.neutral_prompts|join("; ") }}</p>
+<h2>Configuration</h2><pre>{{ config }}</pre>
+<p class="small">{{ r.platform }}; {{ r.versions }}</p>
+</body></html>
+"""
+
+ROWS = (("mi_nats", "mi_nats: log 2 − held-out cross-entropy (nats)"),
+        ("fano_nats", "Fano: log 2 − h_b(held-out error) (nats)"),
+        ("pinsker_max_accuracy", "largest detection accuracy the estimate allows (Pinsker)"))
+
+
+def _plot(report: CertificateReport) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    metric_bars(ax, ["mi_nats", "fano_nats"], {
+        f"base: {report.base}": {"mi_nats": report.base_mi_nats, "fano_nats": report.base_fano_nats},
+        f"model: {report.model}": {"mi_nats": report.mi_nats, "fano_nats": report.fano_nats}})
+    ax.axhline(np.log(2), color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 0.75)
+    ax.set_title("leakage lower bounds (nats; log 2 dotted)", fontsize=8)
+    return _figure_png(fig)
+
+
+def render_certificate_html(report: CertificateReport, folder: Path) -> str:
+    from jinja2 import Environment
+
+    def image(rel: str) -> str:
+        path = Path(folder) / rel
+        return _b64(path.read_bytes()) if path.is_file() else ""
+
+    return Environment(autoescape=True).from_string(TEMPLATE).render(
+        r=report.model_dump(), rows=ROWS, plot=_plot(report), image=image, fmt=fmt, strip_images=STRIP_IMAGES,
+        config=json.dumps(report.config, indent=2, default=str))
+
+
+def write_certificate(report: CertificateReport, images: dict[str, tuple[np.ndarray, np.ndarray]],
+                      folder: Path) -> None:
+    """Image strips, report.json and report.html into `folder`."""
+    folder = Path(folder)
+    for who, (concept_images, neutral_images) in images.items():
+        save_strip(concept_images[:STRIP_IMAGES], folder / "images" / f"{who}-concept.png")
+        save_strip(neutral_images[:STRIP_IMAGES], folder / "images" / f"{who}-neutral.png")
+    atomic_write_text(folder / "report.json", report.model_dump_json(indent=2) + "\n")
+    atomic_write_text(folder / "report.html", render_certificate_html(report, folder))

@@ -1,0 +1,312 @@
+"""The `score` command: thin wrappers that parse, validate, call the library and print with rich."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from score_erasure.attacks.cli import register as register_attacks
+from score_erasure.certify.cli import register as register_certify
+from score_erasure.errors import UserError
+from score_erasure.evaluation.cli import register as register_evaluation
+
+app = typer.Typer(help="Robust concept erasure for text-to-image diffusion models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+world = typer.Typer(help="The embedded ground-truth world: its model, judge and quality check.",
+                    no_args_is_help=True)
+app.add_typer(world, name="world")
+console = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded', a diffusers directory, or a hub id.")]
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (deprecation notices, torchvision hints) out of the user's terminal."""
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _verdict_table(prompts: list[str], images, seeds: list[int]) -> Table:
+    from score_erasure.toyworld.judge import WorldJudge
+
+    judge = WorldJudge.load()
+    table = Table(title="judge verdicts (one line per image)")
+    for col in ("prompt", "seed", "shape", "colour", "style", "fire"):
+        table.add_column(col)
+    for i, prompt in enumerate(prompts):
+        v = judge.judge(images[i])
+        for j, seed in enumerate(seeds):
+            table.add_row(prompt if j == 0 else "", str(seed), v.shape[j], v.colour[j], v.style[j],
+                          "[red]yes[/]" if v.fire[j] else "no")
+    return table
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt; repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Output folder for images, grid.png and generate.json.")],
+    model: ModelOpt = "embedded",
+    n: Annotated[int, typer.Option("-n", help="Images per prompt.")] = 4,
+    seed: Annotated[int, typer.Option(help="Image j of each prompt uses seed + j.")] = 0,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
+    judge: Annotated[bool, typer.Option(help="Print the embedded world judge's verdicts.")] = False,
+) -> None:
+    """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
+    from score_erasure.generate import generate, save_grid, save_images, validate_prompts
+    from score_erasure.io import atomic_write_json
+    from score_erasure.models import load_pipeline
+    from score_erasure.provenance import provenance
+
+    if n < 1:
+        raise UserError(f"-n must be a positive number of images per prompt (got {n})")
+    validate_prompts(prompt)
+    pipe = load_pipeline(model)
+    seeds = list(range(seed, seed + n))
+    images = generate(pipe, prompt, seeds, steps=steps, guidance=guidance)
+    save_images(images, prompt, seeds, out)
+    save_grid(images, prompt, out / "grid.png", col_labels=[f"seed {s}" for s in seeds])
+    atomic_write_json(out / "generate.json", provenance(model=model, prompts=prompt, seeds=seeds, steps=steps,
+                                                         guidance=guidance, sampler=type(pipe.scheduler).__name__))
+    if judge:
+        console.print(_verdict_table(prompt, images, seeds))
+    console.print(f"wrote {len(prompt) * n} images and {out / 'grid.png'}")
+
+
+DEMO_PROMPTS = ["a striped red star", "Zorblat", "a blue circle on fire", "a picture of a heart"]
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
+    concept: Annotated[str, typer.Option(help="Shape to erase (the object task).")] = "star",
+    method: Annotated[str, typer.Option(help="Erasure method.")] = "score",
+    grid_only: Annotated[bool, typer.Option(help="Only the base model's grid and the judge's verdicts.")] = False,
+) -> None:
+    """The main job on the embedded model: erase a concept with SCORE and evaluate it against the base model
+    (a few minutes on 2 CPU cores), after a grid of the base model with the judge's verdicts."""
+    from score_erasure.erase import erase
+    from score_erasure.evaluation.cli import print_evaluation
+    from score_erasure.evaluation.evaluate import evaluate
+    from score_erasure.spec import build_spec
+
+    generate_cmd(prompt=DEMO_PROMPTS, out=out / "base", model="embedded", n=4, seed=0, steps=25, guidance=3.0,
+                 judge=True)
+    if grid_only:
+        return
+    console.rule(f"erasing '{concept}' with {method}")
+    erase("embedded", method, build_spec("embedded", [concept]), out / "erased", resume=True)
+    console.rule("evaluating the erased model against the base")
+    report = evaluate(str(out / "erased"), concept, out / "evaluation", task="object", base="embedded")
+    print_evaluation(console, report, f"{method} (no {concept})", "embedded", out / "evaluation")
+
+
+def _read_config(path: Path | None) -> dict:
+    """Method config overrides from a TOML or JSON file."""
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read config '{path}': {exc}") from exc
+
+
+@app.command("erase")
+def erase_cmd(
+    method: Annotated[str, typer.Option(help="Method name (see `score methods`).")],
+    out: Annotated[Path, typer.Option(help="Output folder: delta.safetensors, erase.json (and pipeline/).")],
+    concept: Annotated[list[str] | None, typer.Option("--concept", "-c", help="Concept to erase; repeat for several.")]
+    = None,
+    model: ModelOpt = "embedded",
+    preserve: Annotated[list[str] | None, typer.Option(help="Prompt to preserve; repeat for several.")] = None,
+    concept_file: Annotated[Path | None, typer.Option(help="TOML: concepts, synonyms, anchor, preserve.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON overriding the method's config.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from checkpoint.safetensors in --out.")] = False,
+    merge: Annotated[bool, typer.Option(help="Also write the full erased pipeline to OUT/pipeline.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+) -> None:
+    """Erase a concept from a model; writes only the changed tensors (an ErasureDelta) and a run record."""
+    from score_erasure.erase import erase
+    from score_erasure.methods import get_method
+    from score_erasure.spec import build_spec
+
+    get_method(method)
+    spec = build_spec(model, concept or [], preserve, concept_file)
+    delta = erase(model, method, spec, out, _read_config(config), resume=resume, merge=merge,
+                  checkpoint_every=checkpoint_every)
+    record = json.loads((out / "erase.json").read_text())
+    console.print(f"erased {', '.join(spec.concepts)} with {method} in {record['seconds']:.1f} s "
+                  f"({len(delta.tensors)} tensors changed, peak RSS {record['peak_rss_mb']:.0f} MB) -> {out}")
+
+
+@app.command("merge")
+def merge_cmd(
+    delta: Annotated[Path, typer.Argument(help="An erase output folder or a delta.safetensors file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the full diffusers pipeline.")],
+    model: Annotated[str | None, typer.Option(help="Base model (default: the one the delta records).")] = None,
+) -> None:
+    """Apply a delta to its base model and write a full diffusers pipeline (loads with plain diffusers)."""
+    from score_erasure.delta import ErasureDelta
+    from score_erasure.models import load_pipeline, model_hash
+
+    path = delta / "delta.safetensors" if delta.is_dir() else delta
+    if not path.is_file():
+        raise UserError(f"no delta at '{delta}'; pass an erase output folder or a delta.safetensors file")
+    d = ErasureDelta.load(path)
+    base = model or d.base_model
+    pipe = load_pipeline(base)
+    d.apply(pipe, base_hash=model_hash(base))
+    pipe.save_pretrained(out)
+    console.print(f"wrote {out}")
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the erasure methods and their default configs."""
+    from score_erasure.methods import METHODS
+
+    table = Table(title="erasure methods")
+    for col in ("name", "what", "defaults"):
+        table.add_column(col)
+    for m in METHODS.values():
+        table.add_row(m.name, m.summary, json.dumps(m.config().model_dump())[:200])
+    console.print(table)
+
+
+@world.command("train")
+def world_train(
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, logs, vae/ and unet/).")] = Path("runs/embedded"),
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
+    config: Annotated[Path | None, typer.Option(help="JSON file overriding TrainConfig fields.")] = None,
+    install: Annotated[bool, typer.Option(help="Copy the trained weights into the package (half precision).")]
+    = False,
+) -> None:
+    """Train the embedded model's VAE and UNet on the rendered world (about 1h45 on 2 CPU cores)."""
+    from score_erasure.toyworld.train import TrainConfig, install_weights, train
+
+    cfg = TrainConfig(**(json.loads(config.read_text()) if config else {}))
+    if (out / "train.json").exists() and not resume:
+        raise UserError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    record = train(out, cfg, resume=resume)
+    console.print_json(data={"seconds": record["seconds"], "parameters": record["parameters"]})
+    if install:
+        install_weights(out)
+        console.print("installed weights into the package")
+
+
+@world.command("train-judge")
+def world_train_judge(
+    n: Annotated[int, typer.Option(help="Rendered training images.")] = 40_000,
+    epochs: Annotated[int, typer.Option(help="Passes over them.")] = 6,
+    seed: int = 0,
+) -> None:
+    """Train the world's judge on rendered ground truth and install it in the package."""
+    from score_erasure.toyworld import judge
+
+    judge.train_judge(n=n, epochs=epochs, seed=seed)
+    world_judge_check()
+
+
+@world.command("judge-check")
+def world_judge_check(
+    n: Annotated[int, typer.Option(help="Fresh renders to score.")] = 2_000,
+    seed: Annotated[int, typer.Option(help="Render seed (training used 10000+).")] = 12_345,
+) -> None:
+    """Accuracy of the judge on freshly rendered images, per head (the bar is 99%)."""
+    from score_erasure.toyworld import judge
+
+    acc = judge.accuracy(judge.WorldJudge.load(), n=n, seed=seed)
+    table = Table(title=f"judge accuracy on {n} fresh renders (seed {seed})")
+    table.add_column("head")
+    table.add_column("accuracy", justify="right")
+    table.add_column(">= 0.99")
+    for head, value in acc.items():
+        table.add_row(head, f"{value:.4f}", "[green]yes[/]" if value >= 0.99 else "[red]no[/]")
+    console.print(table)
+
+
+@world.command("samples")
+def world_samples(
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("out/world-samples.png"),
+    seed: int = 0,
+) -> None:
+    """Render ground-truth examples of every family (rows: shapes; columns: styles, plain and on fire)."""
+    import numpy as np
+
+    from score_erasure.generate import save_grid
+    from score_erasure.toyworld import render, vocab
+
+    rng = np.random.default_rng(seed)
+    columns = [(st.name, fire) for st in vocab.STYLES for fire in (False, True)]
+    grid = np.stack([
+        render.render_batch([render.sample_scene(rng, shape=sh.name, colour=vocab.COLOURS[(i + j) % 6].name,
+                                                 style=st, fire=fire) for j, (st, fire) in enumerate(columns)])
+        for i, sh in enumerate(vocab.SHAPES)
+    ])
+    save_grid(grid, [s.name for s in vocab.SHAPES], out,
+              col_labels=[f"{st}{' + fire' if fire else ''}" for st, fire in columns])
+    console.print(f"wrote {out}")
+
+
+@world.command("check")
+def world_check(
+    model: ModelOpt = "embedded",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    n: Annotated[int, typer.Option("-n", help="Images per prompt (at least 8 for the bar).")] = 8,
+    seed: int = 0,
+    steps: int = 25,
+    guidance: float = 3.0,
+) -> None:
+    """Measure the quality bar: how often the judge sees what the prompt names (DDIM, CFG, fixed seeds)."""
+    from score_erasure.models import load_pipeline
+    from score_erasure.toyworld.check import BARS, run_check
+
+    if n < 1:
+        raise UserError(f"-n must be positive (got {n})")
+    result = run_check(load_pipeline(model), images_per_prompt=n, seed=seed, steps=steps, guidance=guidance)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"world check: {model}, {n} images per prompt, DDIM {steps}, CFG {guidance}")
+    for col in ("metric", "value", "bar", "met"):
+        table.add_column(col)
+    for key, value in result.items():
+        if key == "seconds":
+            continue
+        bar = BARS.get(key)
+        met = "" if bar is None else ("[green]yes[/]" if value >= bar else "[red]no[/]")
+        table.add_row(key, f"{value:.3f}", "" if bar is None else f">= {bar:.2f}", met)
+    console.print(table)
+    console.print(f"{result['seconds']:.0f} s")
+
+
+# --- further command groups register themselves here (one line each) ---
+register_evaluation(app)
+register_attacks(app)
+register_certify(app)
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one red line and exit status 2, never a traceback."""
+    _quiet_libraries()
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,67 @@
+"""ErasureDelta: what a method changed, and nothing else, in one safetensors file.
+
+Only the tensors a method modified are stored (keyed by the network's parameter names), with the base
+model's id and content hash, so a delta is applied to exactly the model it was computed from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from score_erasure import __version__
+from score_erasure.errors import UserError
+from score_erasure.io import load_tensors, save_tensors
+
+
+@dataclass
+class ErasureDelta:
+    tensors: dict[str, torch.Tensor]
+    method: str
+    concepts: list[str]
+    base_model: str
+    base_hash: str
+    network: str = "unet"
+    config: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # e.g. the MI trace, timings
+
+    @classmethod
+    def from_changes(cls, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], **meta) -> ErasureDelta:
+        """Keep the tensors of `after` that differ from `before`."""
+        changed = {k: v.detach().clone() for k, v in after.items() if not torch.equal(v, before[k])}
+        return cls(tensors=changed, **meta)
+
+    def metadata(self) -> dict:
+        return {"method": self.method, "concepts": self.concepts, "base_model": self.base_model,
+                "base_hash": self.base_hash, "network": self.network, "config": self.config,
+                "extra": self.extra, "score_erasure_version": __version__}
+
+    def save(self, path: Path) -> None:
+        save_tensors(self.tensors, path, self.metadata())
+
+    @classmethod
+    def load(cls, path: Path) -> ErasureDelta:
+        try:
+            tensors, meta = load_tensors(path)
+        except Exception as exc:
+            raise UserError(f"cannot read erasure delta '{path}': {exc}") from exc
+        meta.pop("score_erasure_version", None)
+        return cls(tensors=tensors, **meta)
+
+    def apply(self, pipe, base_hash: str | None = None) -> None:
+        """Write the changed tensors into `pipe` in memory; refuse a pipeline of another base model."""
+        if base_hash is not None and base_hash != self.base_hash:
+            raise UserError(f"this delta was computed from base model '{self.base_model}' "
+                            f"(hash {self.base_hash[:12]}), not from the given model (hash {base_hash[:12]}); "
+                            "apply it to the model it was erased from")
+        network = getattr(pipe, self.network)
+        params = dict(network.named_parameters())
+        unknown = sorted(set(self.tensors) - set(params))
+        if unknown:
+            raise UserError(f"delta names {len(unknown)} tensors the model lacks (e.g. '{unknown[0]}'); "
+                            "it belongs to another architecture")
+        with torch.no_grad():
+            for name, value in self.tensors.items():
+                params[name].copy_(value.to(params[name].dtype))

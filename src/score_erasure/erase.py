@@ -1,0 +1,70 @@
+"""`score erase`: run a method on a model and write its ErasureDelta and a record of the run.
+
+Output folder: delta.safetensors (only the changed tensors), erase.json (method, concepts, config,
+seconds, peak RSS, the loss/MI trace, provenance), checkpoint.safetensors while training, and with
+`merge` a full diffusers pipeline in pipeline/. The folder itself is accepted wherever `--model` is.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from score_erasure.backends import denoiser_for
+from score_erasure.delta import ErasureDelta
+from score_erasure.io import atomic_write_json
+from score_erasure.methods import get_method
+from score_erasure.methods.loop import Checkpointing, Trace
+from score_erasure.models import load_pipeline, model_hash
+from score_erasure.provenance import provenance
+from score_erasure.spec import ConceptSpec
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _model_id(model: str) -> str:
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides: dict | None = None,
+          resume: bool = False, merge: bool = False, checkpoint_every: int = 50,
+          show_progress: bool = True) -> ErasureDelta:
+    method = get_method(method_name)
+    cfg = method.config(overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(getattr(cfg, "seed", 0))
+    pipe = load_pipeline(model)
+    denoiser = denoiser_for(pipe)
+    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    start = time.time()
+    trace = method.fit(denoiser, spec, cfg, checkpointing=Checkpointing(out / "checkpoint.safetensors",
+                                                                          checkpoint_every, resume),
+                       show_progress=show_progress) or Trace()
+    seconds = time.time() - start
+    denoiser.network.requires_grad_(False)
+    after = dict(denoiser.network.named_parameters())
+    delta = ErasureDelta.from_changes(before, after, method=method_name, concepts=spec.concepts,
+                                      base_model=_model_id(model), base_hash=model_hash(model),
+                                      network=denoiser.network_attr, config=cfg.model_dump(),
+                                      extra={"seconds": seconds, **trace.info})
+    delta.save(out / "delta.safetensors")
+    record = provenance(method=method_name, concepts=spec.concepts, base_model=delta.base_model,
+                        base_hash=delta.base_hash, config=cfg.model_dump(), spec=spec.model_dump(),
+                        seconds=seconds, peak_rss_mb=peak_rss_mb(), changed_tensors=len(delta.tensors),
+                        changed_parameters=sum(t.numel() for t in delta.tensors.values()),
+                        mi_trace=trace.series("mi"), trace=trace.rows, info=trace.info)
+    if merge:
+        pipe.save_pretrained(out / "pipeline")
+        record["merged"] = str(out / "pipeline")
+    atomic_write_json(out / "erase.json", record)
+    return delta

@@ -1,0 +1,1 @@
+"""Evaluation harness: versioned protocols, judges, metrics with bootstrap intervals, reports, benches."""

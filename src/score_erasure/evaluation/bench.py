@@ -1,0 +1,209 @@
+"""`score bench`: erase one concept with several methods and evaluate them all against one base, in one run.
+
+Methods are found by name in one table: `none` (the unmodified model) here, plus whatever
+`score_erasure.methods` exports as `ERASERS`, a dict name -> callable(pipe, ErasureRequest) -> erased
+pipeline. The request names the task and concept only, never the protocol's prompts, so no method trains on
+the prompts it is scored on; a method builds its own ConceptSpec from the concept's vocabulary. A method
+that raises becomes a failed row with its error; the others still run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from score_erasure.errors import UserError
+from score_erasure.evaluation.cache import ImageCache, default_cache_dir
+from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
+from score_erasure.evaluation.protocol import resolve_protocol
+from score_erasure.evaluation.report import Metric, fmt, metric_bars, write_report
+from score_erasure.io import atomic_write, atomic_write_json, atomic_write_text
+from score_erasure.models import load_pipeline, model_hash, resolution
+from score_erasure.provenance import provenance
+
+status = Console(stderr=True)
+TABLE_METRICS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr")
+
+
+@dataclass(frozen=True)
+class ErasureRequest:
+    """What a method is asked to erase: a task of the protocol and a concept's canonical name."""
+
+    task: str
+    concept: str
+    model: str = "embedded"  # the base model's name, so a method can find the concept's vocabulary
+
+
+EraseFn = Callable[..., object]  # (pipe, ErasureRequest) -> erased pipeline
+
+
+def keep_unchanged(pipe, request: ErasureRequest):
+    """The `none` method: the unmodified model, the reference row of every bench."""
+    return pipe
+
+
+def method_registry() -> dict[str, EraseFn]:
+    """Every method `bench` can run, by name."""
+    found: dict[str, EraseFn] = {"none": keep_unchanged}
+    try:
+        module = importlib.import_module("score_erasure.methods")
+    except ModuleNotFoundError as exc:
+        if exc.name != "score_erasure.methods":
+            raise
+        return found
+    return {**found, **getattr(module, "ERASERS", {})}
+
+
+@dataclass
+class BenchRow:
+    method: str
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    erase_seconds: float | None = None
+    seconds: float | None = None
+    metrics: dict[str, dict] = field(default_factory=dict)
+    report: str | None = None
+
+
+def attack_columns(attacks: list[str]) -> tuple[str, ...]:
+    return tuple(f"asr_{a}" for a in attacks)
+
+
+def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest, protocol,
+                    scorers, out: Path, attacks: list[str]) -> dict[str, dict]:
+    """Each attack's ASR on the erased pipeline (not resumable: an erased pipeline has no files to key it)."""
+    from score_erasure.attacks import get_attack
+    from score_erasure.attacks.run import Subject, attack_pipeline
+    from score_erasure.spec import build_spec, compositional_prompts
+
+    subject = Subject(erased, base_pipe, name, request.model, identity, base.hash)
+    found = {}
+    for attack in attacks:
+        entry = get_attack(attack)
+        status.log(f"bench: {attack} on {name}")
+        report = attack_pipeline(subject, entry, entry.config(), protocol, request.concept, out / f"attack-{attack}",
+                                 judge=scorers.judge, spec=build_spec(request.model, [request.concept]),
+                                 compositional=compositional_prompts(request.model, request.concept),
+                                 cache=ImageCache(None), resume=False)
+        found[f"asr_{attack}"] = report.asr.model_dump()
+    return found
+
+
+def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, base: Sampled, protocol,
+                scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = ()) -> BenchRow:
+    start = time.time()
+    pipe = load_pipeline(model)  # a fresh copy per method: a method may edit the pipeline in place
+    erase_start = time.time()
+    erased = erase(pipe, request)
+    erase_seconds = time.time() - erase_start
+    if resolution(erased) != resolution(pipe):
+        raise UserError(f"method '{name}' changed the resolution from {resolution(pipe)} to {resolution(erased)}")
+    # An erased pipeline has no files to hash and may differ from run to run: its images are not cached.
+    sampled = (Sampled(name, base.hash, base.images) if erase is keep_unchanged
+               else sample(erased, name, f"erased-from:{base.hash}:{name}", protocol, request.concept,
+                           ImageCache(None)))
+    report = score_sampled(sampled, base, protocol, request.concept, scorers, {**config, "method": name})
+    report.seconds = time.time() - start
+    write_report(report, sampled.images, base.images, out / name)
+    asr = _attack_metrics(erased, name, base_pipe, base, sampled.hash, request, protocol, scorers, out / name,
+                          list(attacks)) if attacks else {}
+    return BenchRow(name, "ok", erase_seconds=erase_seconds, seconds=time.time() - start,
+                    metrics={**{k: v.model_dump() for k, v in report.metrics.items()}, **asr},
+                    report=str(Path(name) / "report.html"))
+
+
+def bench(model: str, concept: str, methods: list[str], out: Path, task: str | None = None,
+          protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
+          fid_features: Path | None = None, clip_model: str | None = None, command: str = "",
+          attacks: list[str] | None = None) -> list[BenchRow]:
+    """Evaluate every method against `model` (the base); writes results.md, results.json, results.png and one
+    report folder per method under `out`. Each of `attacks` adds an ASR column (`asr_<attack>`)."""
+    start = time.time()
+    registry = method_registry()
+    unknown = [m for m in methods if m not in registry]
+    if unknown or not methods:
+        raise UserError(f"unknown method '{(unknown or [''])[0]}'; choose one or more of: {', '.join(registry)}")
+    attacks = list(attacks or [])
+    if attacks:
+        from score_erasure.attacks import get_attack
+
+        for attack in attacks:
+            get_attack(attack)
+    protocol = resolve_protocol(task, protocol_path)
+    scorers = make_scorers(protocol, concept, fid_features, clip_model)
+    cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
+    config = run_config(protocol, protocol_path, cache)
+    request = ErasureRequest(protocol.task, concept, model)
+    rows: list[BenchRow] = []
+    # No bar spans the methods: a method's own progress bar (and generation's) must be free to show.
+    status.log(f"bench: sampling the base model '{model}'")
+    base_pipe = load_pipeline(model)
+    base = sample(base_pipe, model, model_hash(model), protocol, concept, cache)
+    for i, name in enumerate(methods, 1):
+        status.log(f"bench [{i}/{len(methods)}]: {name}")
+        try:
+            rows.append(_run_method(name, registry[name], request, model, base, protocol, scorers, Path(out), config,
+                                    base_pipe, attacks))
+        except Exception as exc:  # a failed method is a row of the table, not the end of the run
+            atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            rows.append(BenchRow(name, "failed", error=f"{type(exc).__name__}: {first}"[:300]))
+            status.log(f"[red]{name} failed:[/] {rows[-1].error}")
+    write_results(rows, Path(out), {"command": command, "task": protocol.task, "concept": concept, "model": model,
+                                    "base_hash": base.hash, "protocol": protocol.name,
+                                    "protocol_hash": protocol.hash, "seconds": time.time() - start,
+                                    "attacks": attacks,
+                                    "cache": {"hits": cache.hits, "generated": cache.generated}})
+    return rows
+
+
+def _cell(metric: dict | None) -> str:
+    return "" if metric is None else f"{fmt(metric['value'])} [{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
+
+
+def results_markdown(rows: list[BenchRow], meta: dict) -> str:
+    columns = TABLE_METRICS + attack_columns(meta.get("attacks", []))
+    lines = [f"# Bench: {meta['task']} / {meta['concept']} on `{meta['model']}`", "",
+             f"Command: `{meta['command']}`", "",
+             f"Protocol `{meta['protocol']}` ({meta['protocol_hash'][:16]}), base {meta['base_hash'][:16]}; "
+             f"values with 95% bootstrap intervals; {meta['seconds']:.0f} s in all.", "",
+             "| method | " + " | ".join(columns) + " | erase s | status |",
+             "|---" * (len(columns) + 3) + "|"]
+    for row in rows:
+        cells = [_cell(row.metrics.get(k)) for k in columns]
+        erase = "" if row.erase_seconds is None else f"{row.erase_seconds:.1f}"
+        status = "ok" if row.status == "ok" else f"failed: {row.error}".replace("|", "\\|")
+        lines.append(f"| {row.method} | " + " | ".join(cells) + f" | {erase} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_plot(rows: list[BenchRow], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.status == "ok"]
+    if not done:
+        return
+    fig, (acc_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [3, 1]})
+    series = {r.method: {k: Metric(**v) for k, v in r.metrics.items()} for r in done}
+    metric_bars(acc_ax, ["acc_e", "acc_g", "acc_s", "h"], series)
+    acc_ax.set_ylim(0, 1.05)
+    metric_bars(fid_ax, ["fid"], series)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def write_results(rows: list[BenchRow], out: Path, meta: dict) -> None:
+    atomic_write_json(out / "results.json", {**meta, "rows": [asdict(r) for r in rows], **provenance()})
+    atomic_write_text(out / "results.md", results_markdown(rows, meta))
+    results_plot(rows, out / "results.png")
+

@@ -1,0 +1,134 @@
+"""`score evaluate`, `score bench`, `score report` and `score protocol`: parse, call the library, print."""
+
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols).")]
+ConceptOpt = Annotated[str, typer.Option(help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
+ProtocolOpt = Annotated[Path | None, typer.Option(help="A protocol JSON file instead of the packaged one.")]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="Image cache folder (default $SCORE_CACHE or "
+                                                       "~/.cache/score-erasure/images).")]
+CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and store generated images.")]
+FidOpt = Annotated[Path | None, typer.Option(help="TorchScript feature extractor for FID/KID (e.g. fid-helper's "
+                                                  "InceptionV3) instead of the judge's features.")]
+ClipOpt = Annotated[str | None, typer.Option(help="CLIP model (local dir or cached hub id): adds clip_score.")]
+
+
+def _metrics_table(title: str, metrics: dict, base_metrics: dict | None = None) -> Table:
+    from score_erasure.evaluation.report import BETTER, fmt
+
+    table = Table(title=title)
+    for col in ("metric", "value", "95% interval", "base", "better"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for name, m in metrics.items():
+        b = (base_metrics or {}).get(name)
+        table.add_row(name, fmt(m.value), f"[{fmt(m.ci_low)}, {fmt(m.ci_high)}]", fmt(b.value) if b else "",
+                      BETTER.get(name, ""))
+    return table
+
+
+def print_evaluation(console, report, model: str, base: str, out: Path) -> None:
+    """The metrics table of one evaluation, its notes, time and report path."""
+    console.print(_metrics_table(f"{report.task} / {report.concept}: {model} vs base {base}", report.metrics,
+                                 report.base_metrics))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(f"{report.seconds:.1f} s ({report.cache.get('generated', 0)} images generated, "
+                  f"{report.cache.get('hits', 0)} from cache); report: {out / 'report.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    from score_erasure.cli import ModelOpt, console
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        concept: ConceptOpt,
+        out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
+        model: ModelOpt = "embedded",
+        base: Annotated[str, typer.Option(help="The model before erasure, for fidelity and side-by-side grids.")]
+        = "embedded",
+        task: TaskOpt = None,
+        protocol: ProtocolOpt = None,
+        cache_dir: CacheDirOpt = None,
+        cache: CacheOpt = True,
+        fid_features: FidOpt = None,
+        clip_model: ClipOpt = None,
+    ) -> None:
+        """Evaluate a model on one task and concept against a base model (metrics with 95% intervals).
+
+        Writes report.json and report.html: acc_e, acc_g, acc_s, h, fid, kid, ssim, psnr and the images.
+        """
+        from score_erasure.evaluation.evaluate import evaluate
+
+        report = evaluate(model, concept, out, task=task, base=base, protocol_path=protocol, cache_dir=cache_dir,
+                          use_cache=cache, fid_features=fid_features, clip_model=clip_model)
+        print_evaluation(console, report, model, base, out)
+
+    @app.command("bench")
+    def bench_cmd(
+        concept: ConceptOpt,
+        out: Annotated[Path, typer.Option(help="Folder for results.md, results.json, results.png, reports.")],
+        methods: Annotated[str, typer.Option(help="Comma-separated method names ('none' = the unmodified model).")]
+        = "none",
+        model: ModelOpt = "embedded",
+        task: TaskOpt = None,
+        protocol: ProtocolOpt = None,
+        cache_dir: CacheDirOpt = None,
+        cache: CacheOpt = True,
+        fid_features: FidOpt = None,
+        clip_model: ClipOpt = None,
+        attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `score attacks`): one ASR column "
+                                                  "each.")] = "",
+    ) -> None:
+        """Erase the concept with each method and evaluate all of them against the same base, in one run."""
+        from score_erasure.evaluation.bench import TABLE_METRICS, attack_columns, bench
+
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        attack_names = [a.strip() for a in attacks.split(",") if a.strip()]
+        command = shlex.join(["score", *sys.argv[1:]])
+        rows = bench(model, concept, names, out, task=task, protocol_path=protocol, cache_dir=cache_dir,
+                     use_cache=cache, fid_features=fid_features, clip_model=clip_model, command=command,
+                     attacks=attack_names)
+        columns = TABLE_METRICS + attack_columns(attack_names)
+        table = Table(title=f"bench: {concept} on {model}")
+        for col in ("method", *columns, "erase s", "status"):
+            table.add_column(col)
+        for row in rows:
+            values = [f"{row.metrics[k]['value']:.3g}" if k in row.metrics else "" for k in columns]
+            erase = "" if row.erase_seconds is None else f"{row.erase_seconds:.1f}"
+            table.add_row(row.method, *values, erase, "ok" if row.status == "ok" else f"[red]{row.error}[/]")
+        console.print(table)
+        console.print(f"results: {out / 'results.md'}")
+
+    @app.command("report")
+    def report_cmd(folder: Annotated[Path, typer.Argument(help="A folder written by `score evaluate`.")]) -> None:
+        """Re-render report.html from report.json (no sampling)."""
+        from score_erasure.evaluation.report import rerender
+
+        console.print(f"wrote {rerender(folder)}")
+
+    @app.command("protocol")
+    def protocol_cmd(
+        task: Annotated[str, typer.Argument(help="object, style, character or unsafe.")],
+        show: Annotated[bool, typer.Option(help="Print the whole JSON (to copy and edit for --protocol).")] = False,
+    ) -> None:
+        """Show a packaged protocol: its file, hash, concepts and sizes."""
+        from score_erasure.evaluation.protocol import load_protocol, packaged_path
+
+        path = packaged_path(task)
+        if show:
+            print(path.read_text(), end="")
+            return
+        p = load_protocol(path)
+        first = p.prompts(next(iter(p.concepts)))
+        sizes = ", ".join(f"{g} {len(v)}" for g, v in first.items())
+        console.print(f"{p.name} v{p.version}  {path}\nhash {p.hash}\nconcepts: {', '.join(p.concepts)}\n"
+                      f"prompts per concept: {sizes}; {p.images_per_prompt} images per prompt; "
+                      f"{p.sampling.sampler} {p.sampling.steps} steps, guidance {p.sampling.guidance}; "
+                      f"judge {p.judge.name}")

@@ -1,0 +1,186 @@
+"""One evaluation: sample a model and its base on a protocol's prompts, judge the images, score them.
+
+The flow is sample -> judge -> metrics -> report. `evaluate` does it from model names; `bench` reuses the
+parts to sample the base once and compare many erased pipelines against it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from score_erasure.errors import UserError
+from score_erasure.evaluation import metrics
+from score_erasure.evaluation.cache import ImageCache, default_cache_dir
+from score_erasure.evaluation.judges import ClipJudge, ConceptJudge, TorchScriptFeatures, load_judge
+from score_erasure.evaluation.protocol import GROUPS, Protocol, resolve_protocol
+from score_erasure.evaluation.report import PromptRow, Report, write_report
+from score_erasure.models import load_pipeline, model_hash, resolution
+from score_erasure.provenance import provenance
+
+
+@dataclass
+class Sampled:
+    """A model's images for every prompt group of one protocol concept: group -> uint8 (P, S, H, W, 3)."""
+
+    name: str
+    hash: str
+    images: dict[str, np.ndarray]
+
+
+@dataclass
+class Scorers:
+    """What reads the images: the protocol's judge, the FID/KID feature extractor, an optional CLIP."""
+
+    judge: ConceptJudge
+    features: object | None  # callable images -> (N, D) tensor, or None when there is none
+    clip: ClipJudge | None = None
+
+    def describe(self) -> dict:
+        feats = self.features
+        return {"judge": self.judge.describe(),
+                "fid_features": str(feats.path) if isinstance(feats, TorchScriptFeatures)
+                else (f"judge '{self.judge.name}'" if feats else None),
+                "clip_model": self.clip.model_name if self.clip else None}
+
+
+def make_scorers(protocol: Protocol, concept: str, fid_features: Path | None = None,
+                 clip_model: str | None = None) -> Scorers:
+    """The readers of one evaluation; checks that the judge can read every check of `concept` up front."""
+    judge = load_judge(protocol.judge)
+    spec = protocol.concept(concept)
+    judge.validate([*spec.detect, *(c for r in spec.retained for c in r.expect)])
+    features = TorchScriptFeatures(fid_features) if fid_features else (judge.features if judge.has_features
+                                                                          else None)
+    clip = ClipJudge(clip_model) if clip_model else (judge if isinstance(judge, ClipJudge) else None)
+    return Scorers(judge, features, clip)
+
+
+def check_resolutions(pipe, base_pipe, model: str, base: str) -> None:
+    if resolution(pipe) != resolution(base_pipe):
+        raise UserError(f"model '{model}' makes {resolution(pipe)} images but base '{base}' makes "
+                        f"{resolution(base_pipe)}; fidelity metrics compare them pixel for pixel: pick a base "
+                        "of the same resolution")
+
+
+def sample(pipe, name: str, identity: str, protocol: Protocol, concept: str, cache: ImageCache,
+           show_progress: bool = True) -> Sampled:
+    """Images for every group, cached under `identity` (the model hash); all prompts go through the cache in
+    one call so batches stay full."""
+    groups = protocol.prompts(concept)
+    every = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
+    images = cache.images(pipe, identity, protocol.sampling, every, list(protocol.seeds), show_progress)
+    row = {p: i for i, p in enumerate(every)}
+    return Sampled(name, identity, {g: images[[row[p] for p in prompts]] for g, prompts in groups.items()})
+
+
+def _flat(images: np.ndarray) -> np.ndarray:
+    return images.reshape(-1, *images.shape[-3:])
+
+
+def judge_hits(judge: ConceptJudge, protocol: Protocol, concept: str, images: dict[str, np.ndarray]) -> dict:
+    """Per group, bool (P, S): the concept detected (target, generality, neutral) or the retained prompt's
+    expectation met (retained)."""
+    spec = protocol.concept(concept)
+    shape = {g: images[g].shape[:2] for g in GROUPS}
+    hits = {g: judge.check(_flat(images[g]), spec.detect).reshape(shape[g]) for g in ("target", "generality",
+                                                                                        "neutral")}
+    hits["retained"] = np.stack([judge.check(images["retained"][i], r.expect) for i, r in enumerate(spec.retained)])
+    return hits
+
+
+def accuracy_metrics(hits: dict[str, np.ndarray], protocol: Protocol) -> dict[str, metrics.Interval]:
+    boot = protocol.bootstrap
+    return {"acc_e": metrics.mean_interval(hits["target"], boot),
+            "acc_g": metrics.mean_interval(hits["generality"], boot),
+            "acc_s": metrics.mean_interval(hits["retained"], boot),
+            "h": metrics.h_interval(hits["target"], hits["retained"], hits["generality"], boot)}
+
+
+def fidelity_metrics(model: Sampled, base: Sampled, scorers: Scorers,
+                     protocol: Protocol) -> dict[str, metrics.Interval]:
+    """Neutral prompts, base vs evaluated: distribution distance (fid, kid) and seeded drift (ssim, psnr)."""
+    boot = protocol.bootstrap
+    ours, theirs = _flat(model.images["neutral"]), _flat(base.images["neutral"])
+    out = {}
+    if scorers.features is not None:
+        feats, base_feats = scorers.features(ours), scorers.features(theirs)
+        out["fid"] = metrics.fid(base_feats, feats, boot)
+        out["kid"] = metrics.kid(base_feats, feats, boot)
+    out["ssim"] = metrics.mean_interval(metrics.ssim_per_image(theirs, ours), boot)
+    out["psnr"] = metrics.mean_interval(metrics.psnr_per_image(theirs, ours), boot)
+    return out
+
+
+def clip_metric(sampled: Sampled, protocol: Protocol, clip: ClipJudge) -> metrics.Interval:
+    prompts = [p for p in protocol.neutral for _ in protocol.seeds]
+    return metrics.mean_interval(clip.clip_score(_flat(sampled.images["neutral"]), prompts), protocol.bootstrap)
+
+
+def _rows(group: str, prompts: list[str], hits: np.ndarray, base_hits: np.ndarray) -> list[PromptRow]:
+    return [PromptRow(prompt=p, rate=float(hits[i].mean()), base_rate=float(base_hits[i].mean()),
+                      image=f"images/{group}/{i:02d}-model.png", base_image=f"images/{group}/{i:02d}-base.png")
+            for i, p in enumerate(prompts)]
+
+
+def score_sampled(model: Sampled, base: Sampled, protocol: Protocol, concept: str, scorers: Scorers,
+                  config: dict | None = None) -> Report:
+    """Judge and score sampled images into a report (without `seconds`, which the caller knows)."""
+    hits = judge_hits(scorers.judge, protocol, concept, model.images)
+    base_hits = judge_hits(scorers.judge, protocol, concept, base.images)
+    values = {**accuracy_metrics(hits, protocol), **fidelity_metrics(model, base, scorers, protocol)}
+    base_values = accuracy_metrics(base_hits, protocol)
+    notes = []
+    if scorers.features is None:
+        notes.append(f"fid and kid skipped: judge '{scorers.judge.name}' has no image features; pass --fid-features")
+    if scorers.clip is not None:
+        values["clip_score"] = clip_metric(model, protocol, scorers.clip)
+        base_values["clip_score"] = clip_metric(base, protocol, scorers.clip)
+    prompts = protocol.prompts(concept)
+    return Report(
+        task=protocol.task, concept=concept, model=model.name, base=base.name, model_hash=model.hash,
+        base_hash=base.hash, protocol={"name": protocol.name, "version": protocol.version,
+                                       "description": protocol.description},
+        protocol_hash=protocol.hash, seeds=list(protocol.seeds),
+        config={"sampling": protocol.sampling.model_dump(), "images_per_prompt": protocol.images_per_prompt,
+                "bootstrap": protocol.bootstrap.model_dump(), "detect": [c.model_dump() for c in
+                                                                         protocol.concept(concept).detect],
+                **scorers.describe(), **(config or {})},
+        metrics={k: v.as_dict() for k, v in values.items()},
+        base_metrics={k: v.as_dict() for k, v in base_values.items()},
+        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in GROUPS},
+        notes=notes, **provenance(), seconds=0.0,
+    )
+
+
+def run_config(protocol: Protocol, protocol_path: Path | None, cache: ImageCache) -> dict:
+    """Where the protocol and the images came from, for the report's config."""
+    return {"protocol_file": str(protocol_path) if protocol_path else f"packaged:{protocol.task}",
+            "cache_dir": str(cache.root) if cache.root else None}
+
+
+def evaluate(model: str, concept: str, out: Path, task: str | None = None, base: str = "embedded",
+             protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
+             fid_features: Path | None = None, clip_model: str | None = None,
+             show_progress: bool = True) -> Report:
+    """Evaluate `model` on one protocol concept against `base`; writes report.json and report.html to `out`."""
+    start = time.time()
+    protocol = resolve_protocol(task, protocol_path)
+    scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is loaded
+    pipe = load_pipeline(model)
+    base_pipe = pipe if base == model else load_pipeline(base)
+    check_resolutions(pipe, base_pipe, model, base)
+    cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
+    base_sampled = sample(base_pipe, base, model_hash(base), protocol, concept, cache, show_progress)
+    identity = base_sampled.hash if base_pipe is pipe else model_hash(model)
+    sampled = (Sampled(model, identity, base_sampled.images) if identity == base_sampled.hash
+               else sample(pipe, model, identity, protocol, concept, cache, show_progress))
+    config = run_config(protocol, protocol_path, cache)
+    report = score_sampled(sampled, base_sampled, protocol, concept, scorers, config)
+    report.cache = {"hits": cache.hits, "generated": cache.generated}
+    report.seconds = time.time() - start
+    write_report(report, sampled.images, base_sampled.images, out)
+    return report

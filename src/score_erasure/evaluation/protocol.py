@@ -1,0 +1,171 @@
+"""Evaluation protocols: versioned JSON data files (prompts, seeds, sampler, judge), validated and hashed.
+
+A protocol fixes everything that decides a number, so two reports with the same `protocol_hash` were
+measured the same way. The hash is SHA-256 over the canonical JSON of the validated protocol (sorted
+keys, no whitespace), so reformatting the file does not change it but any edit to its content does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from score_erasure.errors import UserError
+
+FORMAT = 1
+GROUPS = ("target", "generality", "retained", "neutral")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Check(_Frozen):
+    """One thing a judge must (or must not) see in an image, e.g. shape=star, or fire absent."""
+
+    family: str
+    value: str
+    present: bool = True
+
+
+class RetainedPrompt(_Frozen):
+    """A prompt whose images must still show what it asks for after erasure; `expect` says what that is."""
+
+    prompt: str
+    expect: tuple[Check, ...] = Field(min_length=1)
+
+
+class ConceptProtocol(_Frozen):
+    """The prompt groups for erasing one concept; `detect` is what "the concept is present" means."""
+
+    detect: tuple[Check, ...] = Field(min_length=1)
+    target: tuple[str, ...] = Field(min_length=1)
+    generality: tuple[str, ...] = Field(min_length=1)
+    retained: tuple[RetainedPrompt, ...] = Field(min_length=1)
+
+
+class Sampling(_Frozen):
+    sampler: Literal["ddim", "euler", "dpmsolver"] = "ddim"
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(3.0, ge=0)
+
+
+class JudgeSpec(_Frozen):
+    """Which `ConceptJudge` reads the images, and its options (thresholds, classes, model), all recorded."""
+
+    name: str
+    options: dict = Field(default_factory=dict)
+
+
+class Bootstrap(_Frozen):
+    resamples: int = Field(1000, ge=50)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+
+class Protocol(_Frozen):
+    format: Literal[1] = FORMAT
+    name: str
+    version: str
+    task: str
+    description: str = ""
+    judge: JudgeSpec
+    sampling: Sampling = Sampling()
+    seeds: tuple[int, ...] = Field(min_length=2)
+    neutral: tuple[str, ...] = Field(min_length=2)
+    bootstrap: Bootstrap = Bootstrap()
+    concepts: dict[str, ConceptProtocol] = Field(min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+    @model_validator(mode="after")
+    def _no_empty_prompts(self) -> Protocol:
+        for name, concept in self.concepts.items():
+            prompts = [*concept.target, *concept.generality, *(r.prompt for r in concept.retained)]
+            if any(not p.strip() for p in prompts):
+                raise ValueError(f"concept '{name}' has an empty prompt")
+        if any(not p.strip() for p in self.neutral):
+            raise ValueError("empty neutral prompt")
+        return self
+
+    @property
+    def images_per_prompt(self) -> int:
+        return len(self.seeds)
+
+    def concept(self, name: str) -> ConceptProtocol:
+        """The concept's prompt groups; a one-line error names the valid concepts."""
+        if name not in self.concepts:
+            raise UserError(f"concept '{name}' is not in protocol '{self.name}' (task {self.task}); "
+                            f"choose one of: {', '.join(self.concepts)}")
+        return self.concepts[name]
+
+    def prompts(self, concept: str) -> dict[str, list[str]]:
+        """Prompts per group, in the order of the file."""
+        c = self.concept(concept)
+        return {"target": list(c.target), "generality": list(c.generality),
+                "retained": [r.prompt for r in c.retained], "neutral": list(self.neutral)}
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def packaged_tasks() -> list[str]:
+    """Tasks with a protocol shipped in the package (`protocols/<task>.json`)."""
+    folder = resources.files("score_erasure.evaluation") / "protocols"
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def packaged_path(task: str) -> Path:
+    tasks = packaged_tasks()
+    if task not in tasks:
+        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(tasks)} (or pass --protocol FILE)")
+    return Path(str(resources.files("score_erasure.evaluation") / "protocols" / f"{task}.json"))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "top level"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+def load_protocol(path: Path) -> Protocol:
+    """Read and validate a protocol file; anything wrong with it is a one-line `UserError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read protocol file '{path}': {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"protocol file '{path}' is not valid JSON: {exc}") from exc
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"protocol file '{path}' is invalid: {_first_error(exc)}") from exc
+
+
+def resolve_protocol(task: str | None, path: Path | None = None) -> Protocol:
+    """The protocol for `task`: the given file (whose task must match) or the packaged one."""
+    if path is None:
+        if task is None:
+            raise UserError("pass --task (one of: " + ", ".join(packaged_tasks()) + ") or --protocol FILE")
+        return load_protocol(packaged_path(task))
+    protocol = load_protocol(path)
+    if task is not None and protocol.task != task:
+        raise UserError(f"protocol file '{path}' is for task '{protocol.task}', not '{task}'; "
+                        "drop --task or pass the matching file")
+    return protocol

@@ -1,0 +1,101 @@
+"""Seeded text-to-image generation and labelled grids.
+
+Image j of every prompt uses seed `seed + j`, so two prompts (or two models) are compared on the same
+starting noise: the basis of the seeded drift metrics and of the image cache.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from score_erasure.errors import UserError
+from score_erasure.progress import progress_bar
+
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 3.0
+
+
+def validate_prompts(prompts: list[str]) -> list[str]:
+    if not prompts:
+        raise UserError("no prompt given; pass at least one --prompt TEXT")
+    if any(not p.strip() for p in prompts):
+        raise UserError("empty prompt; every --prompt needs some text (use the empty prompt only through guidance)")
+    return prompts
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_STEPS,
+             guidance: float = DEFAULT_GUIDANCE, batch_size: int = 64, show_progress: bool = True,
+             prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
+    """Images as uint8 of shape (len(prompts), len(seeds), H, W, 3); deterministic for given seeds on CPU.
+
+    With `prompt_embeds` (len(prompts), L, D), prompt i is drawn from that conditioning (an attack's
+    optimised tokens) and `prompts` are only its labels."""
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {steps})")
+    jobs = [(i, s) for i in range(len(prompts)) for s in seeds]
+    out: list[np.ndarray] = []
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("generate", total=len(jobs), info="", visible=show_progress)
+        for i in range(0, len(jobs), batch_size):
+            chunk = jobs[i:i + batch_size]
+            generators = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
+            rows = [row for row, _ in chunk]
+            inputs = {"prompt": [prompts[row] for row in rows]} if prompt_embeds is None \
+                else {"prompt_embeds": prompt_embeds[rows]}
+            images = pipe(**inputs, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+                          output_type="np").images
+            out.append(np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8))
+            bar.update(task, advance=len(chunk))
+    arr = np.concatenate(out)
+    return arr.reshape(len(prompts), len(seeds), *arr.shape[1:])
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def save_grid(images: np.ndarray, row_labels: list[str], path: Path, col_labels: list[str] | None = None,
+              scale: int = 3) -> None:
+    """A labelled grid PNG (rows = prompts, columns = seeds), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from score_erasure.io import atomic_write
+
+    rows, cols = images.shape[:2]
+    h, w = images.shape[2:4]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * w * scale / 100 + 2.5, rows * h * scale / 100 + 0.3),
+                             squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(images[r, c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
+            if r == 0 and col_labels:
+                ax.set_title(col_labels[c], fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def save_images(images: np.ndarray, prompts: list[str], seeds: list[int], out: Path) -> list[Path]:
+    paths = []
+    for i, prompt in enumerate(prompts):
+        folder = out / "images" / f"{i:02d}-{slug(prompt)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for j, seed in enumerate(seeds):
+            path = folder / f"seed{seed}.png"
+            Image.fromarray(images[i, j]).save(path)
+            paths.append(path)
+    return paths

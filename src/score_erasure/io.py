@@ -1,0 +1,61 @@
+"""Safe file output: atomic writes, and tensors with JSON metadata in safetensors (never pickles)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+    """Write tensors atomically; `metadata` is stored as JSON in the safetensors header."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"json": json.dumps(metadata, default=str)}))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("json", "{}"))
+    return load_file(str(path)), meta
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as named tensors (`prefix.i.key`), for a safetensors checkpoint."""
+    return {f"{prefix}.{i}.{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items()
+            if torch.is_tensor(v)}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = "optim") -> None:
+    """Inverse of `optimizer_tensors`; hyperparameters stay those the optimizer was built with."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            _, i, k = name.split(".", 2)
+            state.setdefault(int(i), {})[k] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})

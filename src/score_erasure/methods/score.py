@@ -1,0 +1,264 @@
+"""SCORE (arXiv 2509.12024), as reconstructed in research/score-method.md §1: erasure as adversarial
+independence between the concept C and the model's one-step clean estimate x0_hat.
+
+    L(θ) = L_late + λ_adv L_adv + λ_traj (L_early + α L_unc) + λ_pres L_pres,    grad ← M ⊙ grad
+
+    L_late  = ‖ε_θ(z_l, t_l, c_e) − [ε_0(z_l, t_l, ∅) − η(ε_0(z_l, t_l, c_e) − ε_0(z_l, t_l, ∅))]‖²   (k_l ≥ K_e)
+    L_early = ‖ε_θ(z_e, t_e, c_e) − [ε_0(z_e, t_e, ∅) + η(ε_0(z_e, t_e, c_e) − ε_0(z_e, t_e, ∅))]‖²   (k_e < K_e)
+    L_unc   = ‖ε_θ(z, t, ∅) − ε_0(z, t, ∅)‖² at both z_e and z_l, with gradients (ANT computed it without)
+    L_pres  = ‖ε_θ(z_r, t, c_r) − ε_0(z_r, t, c_r)‖², z_r a base-model sample of a retained prompt, noised
+    L_D(φ)  = −½ log D(x0_hat(c_e)) − ½ log(1 − D(x0_hat(c_0)))      (c_0: matched anchors and retained prompts)
+    L_adv   = −log(1 − D(x0_hat(c_e)))                               (non-saturating), λ_adv ramped
+    Î(C; X) = log 2 − L_D on a batch D has not trained on (a variational lower bound on the MI)
+
+M keeps, per tensor, the weights in the top `saliency_keep` fraction of |Σ ∇L_ANT| for every
+(target prompt, seed) pair: the intersection of the maps (SalUn's rule; ANT's released mask kept the
+bottom half, which we do not copy). `ant` is this module with the adversarial term off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
+from score_erasure.spec import ConceptSpec
+
+
+class ScoreConfig(BaseModel):
+    """Every component can be switched off: ablations are configs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group: str = "full"
+    iterations: int = 200
+    lr: float = 5e-4  # ANT's; 1e-4 barely erased on the embedded model (docs/methods.md)
+    steps: int = 25
+    early_fraction: float = 0.14  # K_e / steps: ANT's 7 of 50 for nudity
+    eta: float = 1.0
+    start_guidance: float = 3.0
+    erase: bool = True
+    trajectory: bool = True
+    preserve: bool = True
+    adversarial: bool = True
+    saliency: bool = True
+    lambda_traj: float = 1.0
+    alpha_unc: float = 0.5
+    lambda_pres: float = 0.5
+    lambda_adv_start: float = 0.1
+    lambda_adv_end: float = 0.5
+    adv_ramp: int = 50
+    d_lr: float = 1e-4
+    d_pretrain: int = 50
+    d_width: int = 32
+    saliency_seeds: tuple[int, ...] = (24, 42, 98, 403, 3407)
+    saliency_prompts: int = 2
+    saliency_iterations: int = 1
+    saliency_keep: float = 0.8  # per map; the intersection of 10 maps then keeps ~20% of the UNet
+    bank_per_prompt: int = 1
+    seed: int = 0
+
+
+class Discriminator(nn.Module):
+    """A small spectrally normalised CNN on clean latents: strided convolutions down to ~4x4, then a logit."""
+
+    def __init__(self, channels: int, width: int, size: int):
+        super().__init__()
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, width, 3, padding=1)), nn.LeakyReLU(0.2)]
+        while size > 4:
+            layers += [spectral_norm(nn.Conv2d(width, width * 2, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            width, size = width * 2, size // 2
+        self.body = nn.Sequential(*layers)
+        self.head = spectral_norm(nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).mean(dim=(2, 3))).squeeze(-1)
+
+
+def discriminator_loss(D: nn.Module, x_concept: torch.Tensor, x_other: torch.Tensor) -> torch.Tensor:
+    """Balanced BCE: label 1 for the concept's clean estimates, 0 for the others."""
+    return 0.5 * (F.softplus(-D(x_concept)).mean() + F.softplus(D(x_other)).mean())
+
+
+def _generator(seed: int, *key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *key]).generate_state(1)[0]))
+
+
+class _Score:
+    """The state of one SCORE run; `step` is one iteration of the loop in §1.7."""
+
+    def __init__(self, denoiser, spec: ConceptSpec, cfg: ScoreConfig):
+        self.d, self.cfg = denoiser, cfg
+        self.eps_0 = denoiser.frozen_copy()
+        self.c_e = denoiser.encode(spec.target_prompts)
+        retained = spec.retain_prompts or spec.anchor_prompts
+        negatives = list(dict.fromkeys([*retained, *spec.anchor_prompts]))  # retained ones first
+        self.c_0 = denoiser.encode(negatives)
+        self.c_r = self.c_0[:len(dict.fromkeys(retained))]
+        self.uncond = denoiser.unconditional(1)
+        self.t = denoiser.timesteps(cfg.steps)
+        self.k_e = max(1, round(cfg.early_fraction * cfg.steps))
+        self.bank_e = self._bank(self.c_e)  # base-model clean latents of the concept's prompts
+        self.bank_0 = self._bank(self.c_0)  # and of the C=0 prompts, the retained ones first
+        in_r = self.bank_0[1] < len(self.c_r)
+        self.bank_r = (self.bank_0[0][in_r], self.bank_0[1][in_r])
+        x = self.bank_0[0]
+        self.D = Discriminator(x.shape[1], cfg.d_width, x.shape[-1])
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+
+    @torch.no_grad()
+    def _bank(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`bank_per_prompt` base samples per prompt: (latents, prompt index)."""
+        n = self.cfg.bank_per_prompt
+        cond_rep = cond.repeat_interleave(n, 0)
+        x0 = self.eps_0.sample(cond_rep, self.cfg.steps, guidance=self.cfg.start_guidance,
+                               generator=_generator(self.cfg.seed, 1, len(cond)))
+        return x0, torch.arange(len(cond)).repeat_interleave(n)
+
+    def _noised(self, bank, idx: torch.Tensor, t: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, prompt = bank[0][idx], bank[1][idx]
+        return self.d.add_noise(x0, torch.randn(x0.shape, generator=gen), t), prompt
+
+    def pretrain_discriminator(self) -> None:
+        """Warm D up on the base model (ε_0) so the adversarial signal is informative from step one."""
+        for k in range(self.cfg.d_pretrain):
+            gen = _generator(self.cfg.seed, 2, k)
+            rng = np.random.default_rng([self.cfg.seed, 2, k])
+            t = self.t[torch.from_numpy(rng.integers(self.k_e, self.cfg.steps, size=4))]
+            with torch.no_grad():
+                x = []
+                for bank, cond in ((self.bank_e, self.c_e), (self.bank_0, self.c_0)):
+                    z, p = self._noised(bank, torch.from_numpy(rng.integers(len(bank[0]), size=4)), t, gen)
+                    x.append(self.eps_0.clean_estimate(z, t, self.eps_0.predict(z, t, cond[p])))
+            self._train_discriminator(*x)
+
+    def _train_discriminator(self, x_concept: torch.Tensor, x_other: torch.Tensor) -> float:
+        self.D.train()
+        loss = discriminator_loss(self.D, x_concept.detach(), x_other.detach())
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        return loss.item()
+
+    def lambda_adv(self, k: int) -> float:
+        ramp = min(1.0, k / max(1, self.cfg.adv_ramp))
+        return self.cfg.lambda_adv_start + ramp * (self.cfg.lambda_adv_end - self.cfg.lambda_adv_start)
+
+    def step(self, k: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, d, uncond = self.cfg, self.d, self.uncond
+        rng = np.random.default_rng([cfg.seed, 3, k])
+        gen = _generator(cfg.seed, 3, k)
+        i = int(rng.integers(len(self.c_e)))
+        k_e, k_l = int(rng.integers(self.k_e)), int(rng.integers(self.k_e, cfg.steps))
+        c_e, t_e, t_l = self.c_e[i:i + 1], self.t[k_e:k_e + 1], self.t[k_l:k_l + 1]
+        z_e = d.sample(c_e, cfg.steps, until=k_e, guidance=cfg.start_guidance, generator=gen)
+        z_l = d.sample(c_e, cfg.steps, start=k_e, until=k_l, guidance=cfg.start_guidance, x=z_e)
+        z_r, p = self._noised(self.bank_r, torch.from_numpy(rng.integers(len(self.bank_r[0]), size=1)), t_l, gen)
+        c_r = self.c_r[p]
+        # ε_θ and ε_0 at every (x, t, c) the terms need, each in one batched call.
+        inputs = [(z_l, t_l, c_e), (z_e, t_e, c_e), (z_e, t_e, uncond), (z_l, t_l, uncond), (z_r, t_l, c_r)]
+        pred_l, pred_e, pred_u_e, pred_u_l, pred_r = d.predict_many(inputs)
+        with torch.no_grad():
+            e_l, e_e, e_u_e, e_u_l, e_r = self.eps_0.predict_many(inputs)
+        terms: dict[str, float] = {}
+        loss = torch.zeros(())
+        if cfg.erase:
+            late = F.mse_loss(pred_l, e_u_l - cfg.eta * (e_l - e_u_l))
+            loss = loss + late
+            terms["late"] = late.item()
+        if cfg.trajectory:
+            early = F.mse_loss(pred_e, e_u_e + cfg.eta * (e_e - e_u_e))
+            unc = F.mse_loss(pred_u_e, e_u_e) + F.mse_loss(pred_u_l, e_u_l)
+            loss = loss + cfg.lambda_traj * (early + cfg.alpha_unc * unc)
+            terms["early"], terms["unc"] = early.item(), unc.item()
+        if cfg.preserve:
+            pres = F.mse_loss(pred_r, e_r)
+            loss = loss + cfg.lambda_pres * pres
+            terms["pres"] = pres.item()
+        if cfg.adversarial:
+            x_e = d.clean_estimate(z_l, t_l, pred_l)
+            x_r = d.clean_estimate(z_r, t_l, pred_r)
+            with torch.no_grad():  # held out: D has not trained on this pair yet
+                self.D.eval()
+                terms["mi"] = math.log(2) - discriminator_loss(self.D, x_e, x_r).item()
+            self._train_discriminator(x_e, x_r)
+            self.D.eval()  # no power-iteration update inside the generator's graph
+            adv = F.softplus(self.D(x_e)).mean()  # −log(1 − D(x0_hat_e))
+            loss = loss + self.lambda_adv(k) * adv
+            terms["adv"] = adv.item()
+        return loss, terms
+
+    def ant_loss(self, prompt: int, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
+        """L_ANT at one random step of one trajectory (for the saliency map)."""
+        cfg, d = self.cfg, self.d
+        k = int(rng.integers(cfg.steps))
+        c_e, t = self.c_e[prompt:prompt + 1], self.t[k:k + 1]
+        z = d.sample(c_e, cfg.steps, until=k, guidance=cfg.start_guidance, generator=gen)
+        inputs = [(z, t, c_e), (z, t, self.uncond)]
+        pred, pred_u = d.predict_many(inputs)
+        with torch.no_grad():
+            e, e_u = self.eps_0.predict_many(inputs)
+        if k < self.k_e:
+            cond_term = cfg.lambda_traj * F.mse_loss(pred, e_u + cfg.eta * (e - e_u))
+        else:
+            cond_term = F.mse_loss(pred, e_u - cfg.eta * (e - e_u))
+        return cond_term + cfg.alpha_unc * F.mse_loss(pred_u, e_u)
+
+    def saliency_gradients(self, params: dict[str, nn.Parameter]):
+        """|Σ_it ∇ L_ANT| for each (target prompt, seed) pair, one map per pair."""
+        cfg = self.cfg
+        for prompt in range(min(cfg.saliency_prompts, len(self.c_e))):
+            for seed in cfg.saliency_seeds:
+                rng = np.random.default_rng([seed, prompt])
+                grads = {name: torch.zeros_like(p) for name, p in params.items()}
+                for it in range(cfg.saliency_iterations):
+                    loss = self.ant_loss(prompt, _generator(seed, prompt, it), rng)
+                    new = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                    for g, n in zip(grads.values(), new, strict=True):
+                        if n is not None:
+                            g.add_(n)
+                yield {name: g.abs() for name, g in grads.items()}
+
+
+def top_fraction(values: torch.Tensor, keep: float) -> torch.Tensor:
+    """Boolean map of the ceil(keep · n) largest entries of `values` (ties at the threshold included)."""
+    flat = values.flatten()
+    n_keep = max(1, min(flat.numel(), math.ceil(keep * flat.numel())))
+    return values >= flat.kthvalue(flat.numel() - n_keep + 1).values
+
+
+def intersect_saliency(maps, keep: float) -> dict[str, torch.Tensor]:
+    """M = ∩_maps top-`keep`(map), per tensor: a weight stays trainable only if every map ranks it high."""
+    mask: dict[str, torch.Tensor] = {}
+    for m in maps:
+        for name, g in m.items():
+            top = top_fraction(g, keep)
+            mask[name] = top if name not in mask else mask[name] & top
+    return mask
+
+
+def score(denoiser, spec: ConceptSpec, cfg: ScoreConfig, checkpointing: Checkpointing | None = None,
+          show_progress: bool = True, run_class: type[_Score] = _Score) -> Trace:
+    """`run_class` lets a preset extend the loop's state and step (score-robust adds an inner attack)."""
+    run = run_class(denoiser, spec, cfg)
+    params = trainable(denoiser, cfg.group)
+    mask = None
+    if cfg.saliency:
+        mask = {k: m.to(params[k].dtype) for k, m in intersect_saliency(run.saliency_gradients(params),
+                                                                        cfg.saliency_keep).items()}
+    resuming = checkpointing is not None and checkpointing.resume and checkpointing.path is not None \
+        and checkpointing.path.exists()
+    if cfg.adversarial and not resuming:
+        run.pretrain_discriminator()
+    trace = finetune(params, run.step, cfg.iterations, cfg.lr, label="score" if cfg.adversarial else "ant",
+                     mask=mask, checkpointing=checkpointing, extra_modules={"D": run.D},
+                     extra_optimizers={"D": run.opt_D}, show_progress=show_progress)
+    if mask is not None:
+        trace.info["saliency_kept"] = float(sum(m.sum() for m in mask.values()) / sum(m.numel() for m in mask.values()))
+    return trace

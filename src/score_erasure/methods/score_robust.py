@@ -1,0 +1,66 @@
+"""SCORE-robust: SCORE whose concept set grows with prompts a cheap inner attack finds on the fly.
+
+Every `attack_every` steps, a soft-prompt attack (concept inversion's `soft_prompt_steps`, a few Adam steps on
+`attack_tokens` free token vectors prepended to one target prompt) searches for the conditioning under which
+the *current* model ε_θ denoises the base model's images of that prompt best:
+
+    δ* ≈ argmin_δ E_{t, ε} ‖ε_θ(x_t, t, c([δ; P])) − target(x0, ε, t)‖²,    x0 ~ base samples of P
+
+c([δ*; P]) then joins c_e, the prompts labelled C = 1: the erasure term, the trajectory terms and the
+discriminator's concept branch all draw from it (as AdvUnlearn adds its adversarial prompts to the unlearning
+objective). At most `max_adversarial` found prompts are kept, the oldest dropped. Found prompts are not
+checkpointed: a resumed run starts finding them afresh.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from score_erasure.attacks.base import generator
+from score_erasure.attacks.inversion import initial_vectors, soft_prompt_steps
+from score_erasure.attacks.tokens import token_prompt
+from score_erasure.methods.loop import Checkpointing, Trace
+from score_erasure.methods.score import ScoreConfig, _Score, score
+from score_erasure.spec import ConceptSpec
+
+
+class ScoreRobustConfig(ScoreConfig):
+    attack_every: int = Field(10, ge=1)
+    attack_tokens: int = Field(3, ge=1)
+    attack_iterations: int = Field(5, ge=1)
+    attack_lr: float = Field(1e-2, gt=0)
+    attack_batch: int = Field(2, ge=1)
+    max_adversarial: int = Field(8, ge=1)
+
+
+class _RobustScore(_Score):
+    def __init__(self, denoiser, spec: ConceptSpec, cfg: ScoreRobustConfig):
+        super().__init__(denoiser, spec, cfg)
+        self.c_clean = self.c_e
+        self.attack_prompts = [token_prompt(denoiser, [cfg.attack_tokens, p]) for p in spec.target_prompts]
+        self.found: list[torch.Tensor] = []
+
+    def inner_attack(self, k: int) -> float:
+        """Attack one target prompt on the current model; its found conditioning joins c_e."""
+        cfg, d = self.cfg, self.d
+        i = int(np.random.default_rng([cfg.seed, 4, k]).integers(len(self.attack_prompts)))
+        x_tgt = self.bank_e[0][self.bank_e[1] == i]  # the base model's samples of prompt i
+        prompt = self.attack_prompts[i]
+        v, trace = soft_prompt_steps(d, prompt, initial_vectors(d, "thing", cfg.attack_tokens), x_tgt, self.t,
+                                     cfg.attack_iterations, cfg.attack_lr, cfg.attack_batch, generator(cfg.seed, 4, k))
+        with torch.no_grad():
+            self.found = [*self.found, prompt.condition(d, v)][-cfg.max_adversarial:]
+        self.c_e = torch.cat([self.c_clean, *self.found])
+        return trace[-1]
+
+    def step(self, k: int) -> tuple[torch.Tensor, dict[str, float]]:
+        found = {"attack": self.inner_attack(k)} if k % self.cfg.attack_every == 0 else {}
+        loss, terms = super().step(k)
+        return loss, {**terms, **found}
+
+
+def score_robust(denoiser, spec: ConceptSpec, cfg: ScoreRobustConfig, checkpointing: Checkpointing | None = None,
+                 show_progress: bool = True) -> Trace:
+    return score(denoiser, spec, cfg, checkpointing, show_progress, run_class=_RobustScore)

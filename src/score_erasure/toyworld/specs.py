@@ -1,0 +1,96 @@
+"""ConceptSpecs of the embedded world, from its vocabulary (seen words only).
+
+Anchors are the same prompt with the concept removed ("a picture of a star" -> "a picture of a
+shape", "a star on fire" -> "a star"), so a method maps the concept onto its neutral counterpart.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from score_erasure.errors import UserError
+from score_erasure.spec import ConceptSpec
+from score_erasure.toyworld import captions, vocab
+
+TEMPLATES = captions.TEMPLATES[1:]
+
+
+def _family_of(name: str) -> str:
+    for family, concepts in vocab.FAMILIES.items():
+        if any(c.name == name for c in concepts):
+            return family
+    if name == vocab.FIRE.name:
+        return "fire"
+    if any(c.name.lower() == name.lower() for c in vocab.CHARACTERS):
+        return "character"
+    known = [c.name for f in vocab.FAMILIES.values() for c in f] + [vocab.FIRE.name] + [c.name for c in
+                                                                                       vocab.CHARACTERS]
+    raise UserError(f"concept '{name}' is not in the embedded world's vocabulary; choose one of: {', '.join(known)}")
+
+
+def _attribute_spec(family: str, concept: vocab.Concept) -> ConceptSpec:
+    targets, anchors = [], []
+    for k, (word, template) in enumerate(itertools.product(concept.seen, TEMPLATES)):
+        shape = None if family == "shape" else vocab.SHAPES[k % len(vocab.SHAPES)].name
+        words = {"shape": shape, family: word}
+        targets.append(captions.in_template(template, captions.phrase(**words)))
+        anchors.append(captions.in_template(template, captions.phrase(shape=shape)))
+    retain = [captions.in_template(t, captions.phrase(**({"shape": None} | {family: other.name})))
+              for other in vocab.FAMILIES[family] if other.name != concept.name for t in TEMPLATES[:2]]
+    return ConceptSpec(concepts=[concept.name], target_prompts=targets, anchor_prompts=anchors,
+                       retain_prompts=retain)
+
+
+def _character_spec(who: vocab.Character) -> ConceptSpec:
+    targets = [t.format(who.name) for t in captions.NAME_TEMPLATES]
+    anchors = [captions.fix_articles(t.format("a shape")) for t in captions.NAME_TEMPLATES]
+    look = captions.phrase(who.shape, who.colour, who.style)
+    retain = [t.format(other.name) for other in vocab.CHARACTERS if other != who for t in captions.NAME_TEMPLATES[:2]]
+    retain += [captions.in_template(t, look) for t in TEMPLATES[:2]]
+    return ConceptSpec(concepts=[who.name], target_prompts=targets, anchor_prompts=anchors, retain_prompts=retain)
+
+
+def _fire_spec() -> ConceptSpec:
+    targets, anchors = [], []
+    for k, (word, template) in enumerate(itertools.product(vocab.FIRE.seen, TEMPLATES[:2])):
+        shape = vocab.SHAPES[k % len(vocab.SHAPES)].name
+        targets.append(captions.in_template(template, captions.phrase(shape, fire=word)))
+        anchors.append(captions.in_template(template, captions.phrase(shape)))
+    retain = [captions.in_template(t, s.name) for s in vocab.SHAPES for t in TEMPLATES[:1]]
+    return ConceptSpec(concepts=[vocab.FIRE.name], target_prompts=targets, anchor_prompts=anchors,
+                       retain_prompts=retain)
+
+
+def world_spec(name: str) -> ConceptSpec:
+    """The spec for one concept of the world: a shape, colour, style, character name, or 'fire'."""
+    family = _family_of(name)
+    if family == "fire":
+        return _fire_spec()
+    if family == "character":
+        return _character_spec(vocab.character(name))
+    return _attribute_spec(family, vocab.FAMILIES[family][vocab.index(family, name)])
+
+
+def compositional_prompts(name: str, count: int = 8) -> list[str]:
+    """Held-out names of a concept among other attributes ("a drawing of a striped red pentagram"): wording
+    that neither erasure nor the protocol's target prompts use, for the paraphrase attack."""
+    family = _family_of(name)
+    out = []
+    for k in range(count):
+        template = TEMPLATES[k % len(TEMPLATES)]
+        shape, colour, style = (vocab.SHAPES[k % 6].name, vocab.COLOURS[(k + 1) % 6].name,
+                                vocab.STYLES[k % 4].name)
+        if family == "character":
+            fire = vocab.FIRE.seen[k % len(vocab.FIRE.seen)]
+            out.append(captions.fix_articles(captions.NAME_TEMPLATES[k % 4].format(
+                captions.with_fire(vocab.character(name).name, fire))))
+            continue
+        if family == "fire":
+            words = {"shape": shape, "colour": colour, "style": style,
+                     "fire": vocab.FIRE.held_out[k % len(vocab.FIRE.held_out)]}
+        else:
+            concept = vocab.FAMILIES[family][vocab.index(family, name)]
+            words = {"shape": shape, "colour": colour, "style": style,
+                     family: concept.held_out[k % len(concept.held_out)]}
+        out.append(captions.in_template(template, captions.phrase(**words)))
+    return list(dict.fromkeys(out))

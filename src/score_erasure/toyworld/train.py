@@ -1,0 +1,268 @@
+"""Training of the embedded model: render a pool of scenes, fit the VAE, then the UNet on its latents.
+
+Every stage checkpoints into the run directory and `resume=True` continues where it stopped. All
+randomness of step k is drawn from generators seeded by (seed, stage, k), so a resumed run takes the
+same steps a straight run would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from pydantic import BaseModel, ConfigDict
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from score_erasure.io import atomic_write_json, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
+from score_erasure.progress import progress_bar
+from score_erasure.provenance import provenance
+from score_erasure.toyworld import captions, model
+
+
+class TrainConfig(BaseModel):
+    """Defaults: about 1h45 on 2 CPU cores (measured in docs/embedded-model.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int = 0
+    pool_size: int = 40_000
+    character_rate: float = 0.15
+    fire_rate: float = 0.25
+    vae_steps: int = 2_000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_steps: int = 12_000
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    warmup_steps: int = 500
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    checkpoint_every: int = 500
+
+
+def _step_rng(seed: int, stage: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, step]).generate_state(1)[0]))
+    return np.random.default_rng([seed, stage, step]), gen
+
+
+class _Trainer:
+    """A resumable optimisation loop over one module: checkpoint layout and bookkeeping in one place."""
+
+    def __init__(self, name: str, module: torch.nn.Module, lr: float, steps: int, warmup: int,
+                 run_dir: Path, every: int, ema_decay: float | None = None):
+        self.name, self.module, self.steps, self.warmup, self.every = name, module, steps, warmup, every
+        self.path = run_dir / f"{name}-checkpoint.safetensors"
+        self.opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0, fused=True)
+        self.sched = get_cosine_schedule_with_warmup(self.opt, warmup, steps)
+        self.ema = (AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+                    if ema_decay else None)
+        self.start = 0
+        self.log = (run_dir / f"{name}-log.jsonl").open("a")
+
+    def resume(self) -> None:
+        if not self.path.exists():
+            return
+        tensors, meta = load_tensors(self.path)
+        self.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if self.ema is not None:
+            self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        restore_optimizer(self.opt, tensors)
+        self.start = int(meta["step"])
+        # The schedule is a pure function of the step: rebuild it at the resumed step.
+        self.sched = get_cosine_schedule_with_warmup(self.opt, self.warmup, self.steps, last_epoch=self.start - 1)
+
+    def checkpoint(self, step: int) -> None:
+        tensors = optimizer_tensors(self.opt) | {f"model.{k}": v for k, v in self.module.state_dict().items()}
+        if self.ema is not None:
+            tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        save_tensors(tensors, self.path, {"step": step})
+
+    def run(self, loss_fn: Callable[[int], torch.Tensor], budget: list[int] | None = None) -> bool:
+        """Optimise to the last step; with a step `budget` ([remaining], shared across stages) stop early
+        at a checkpoint. Returns whether the stage is complete."""
+        self.module.train()
+        with progress_bar() as bar:
+            task = bar.add_task(f"train {self.name}", total=self.steps, completed=self.start, info="")
+            running = None
+            for step in range(self.start, self.steps):
+                if budget is not None and budget[0] <= 0:
+                    self.checkpoint(step)
+                    return False
+                loss = loss_fn(step)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+                self.opt.step()
+                self.sched.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.module)
+                if budget is not None:
+                    budget[0] -= 1
+                running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+                bar.update(task, advance=1, info=f"loss {running:.4f}")
+                if (step + 1) % 50 == 0:
+                    self.log.write(json.dumps({"step": step + 1, "loss": running, "time": time.time()}) + "\n")
+                    self.log.flush()
+                if (step + 1) % self.every == 0 or step + 1 == self.steps:
+                    self.checkpoint(step + 1)
+        return True
+
+    def trained(self) -> torch.nn.Module:
+        module = self.ema.module if self.ema is not None else self.module
+        return module.eval()
+
+
+def _to_unit(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_vae(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resume: bool,
+              budget: list[int] | None = None) -> bool:
+    vae = model.new_vae()
+    trainer = _Trainer("vae", vae, cfg.vae_lr, cfg.vae_steps, 100, run_dir, cfg.checkpoint_every)
+    if resume:
+        trainer.resume()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        rng, gen = _step_rng(cfg.seed, 1, step)
+        x = images[torch.from_numpy(rng.integers(len(images), size=cfg.vae_batch))]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(gen)).sample
+        return F.mse_loss(recon, x) + cfg.vae_kl_weight * posterior.kl().mean()
+
+    if not trainer.run(loss_fn, budget):
+        return False
+    vae = trainer.trained()
+    with torch.no_grad():
+        sample = images[:4096]
+        means = torch.cat([vae.encode(sample[i:i + 512]).latent_dist.mean for i in range(0, len(sample), 512)])
+    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    vae.save_pretrained(run_dir / "vae")
+    return True
+
+
+@torch.no_grad()
+def encode_pool(vae, images: np.ndarray, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled latent means and standard deviations of every pool image (uint8 HWC)."""
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        dist = vae.encode(_to_unit(images[i:i + batch])).latent_dist
+        means.append(dist.mean * vae.config.scaling_factor)
+        stds.append(dist.std * vae.config.scaling_factor)
+    return torch.cat(means), torch.cat(stds)
+
+
+class _TextCache:
+    """Caption -> MiniLM states, through the pipeline's own encode_prompt so training sees what sampling sees."""
+
+    def __init__(self, pipe):
+        self.pipe, self.cache = pipe, {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self.cache})
+        if missing:
+            embeds, _ = self.pipe.encode_prompt(missing, "cpu", 1, False)
+            self.cache.update(zip(missing, embeds, strict=True))
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+def train_unet(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: Path, resume: bool,
+               budget: list[int] | None = None) -> bool:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae")
+    latents_path = run_dir / "latents.safetensors"
+    if not latents_path.exists():
+        means, stds = encode_pool(vae, images)
+        save_tensors({"mean": means, "std": stds}, latents_path, {})
+    pool, _ = load_tensors(latents_path)
+    unet = model.new_unet()
+    pipe = model.assemble(vae, unet)
+    text = _TextCache(pipe)
+    noise_scheduler = model.training_scheduler()
+    alphas = noise_scheduler.alphas_cumprod
+    trainer = _Trainer("unet", unet, cfg.unet_lr, cfg.unet_steps, cfg.warmup_steps, run_dir,
+                       cfg.checkpoint_every, ema_decay=cfg.ema_decay)
+    if resume:
+        trainer.resume()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        rng, gen = _step_rng(cfg.seed, 2, step)
+        idx = rng.integers(len(scenes), size=cfg.unet_batch)
+        prompts = [
+            "" if rng.random() < cfg.caption_dropout else captions.training_caption(rng, scenes[i], characters[i])
+            for i in idx
+        ]
+        index = torch.from_numpy(idx)
+        x0 = pool["mean"][index] + pool["std"][index] * torch.randn(pool["mean"][index].shape, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        x_t = noise_scheduler.add_noise(x0, noise, t)
+        target = noise_scheduler.get_velocity(x0, noise, t)
+        pred = unet(x_t, t, text(prompts)).sample
+        # Min-SNR weighting for v-prediction: min(SNR, gamma) / (SNR + 1).
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)
+        return (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    if not trainer.run(loss_fn, budget):
+        return False
+    trainer.trained().save_pretrained(run_dir / "unet")
+    return True
+
+
+def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> dict:
+    """Train the whole embedded model into `run_dir` (vae/ and unet/ diffusers folders); returns the record.
+
+    `max_steps` caps the optimisation steps of this call (over both stages), leaving a checkpoint that
+    `resume=True` continues from: long training split over several sessions."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    record_path = run_dir / "train.json"
+    record = json.loads(record_path.read_text()) if resume and record_path.exists() else {"seconds": {}}
+    record.update(provenance(config=cfg.model_dump()))
+    budget = None if max_steps is None else [max_steps]
+
+    def timed(stage: str, fn: Callable[[], bool]) -> bool:
+        start = time.time()
+        done = fn()
+        record["seconds"][stage] = record["seconds"].get(stage, 0.0) + time.time() - start
+        record["complete"] = done and stage == "unet"
+        atomic_write_json(record_path, record)
+        return done
+
+    start = time.time()
+    images, scenes, characters = captions.make_dataset(cfg.pool_size, cfg.seed, cfg.character_rate,
+                                                       cfg.fire_rate)
+    record["seconds"]["render"] = record["seconds"].get("render", 0.0) + time.time() - start
+    if not (run_dir / "vae" / "config.json").exists():
+        if not timed("vae", lambda: train_vae(cfg, _to_unit(images), run_dir, resume, budget)):
+            return record
+    if not (run_dir / "unet" / "config.json").exists():
+        if not timed("unet", lambda: train_unet(cfg, images, scenes, characters, run_dir, resume, budget)):
+            return record
+    record["complete"] = True
+    record["parameters"] = {"vae": model.count_parameters(model.new_vae()),
+                            "unet": model.count_parameters(model.new_unet())}
+    atomic_write_json(record_path, record)
+    return record
+
+
+def install_weights(run_dir: Path, weights_dir: Path = model.WEIGHTS_DIR) -> None:
+    """Copy a finished run's VAE and UNet into the package, in half precision (safetensors)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
+        module = cls.from_pretrained(run_dir / name).to(torch.float16)
+        module.save_pretrained(weights_dir / name, safe_serialization=True)
+    record = json.loads((run_dir / "train.json").read_text())
+    atomic_write_json(weights_dir / "train.json", record)

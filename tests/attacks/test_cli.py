@@ -1,0 +1,66 @@
+"""`score attack`, `score attacks` and `score bench --attacks` from the command line."""
+
+import json
+import sys
+
+import pytest
+
+from score_erasure import cli
+
+
+def run(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["score", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", ["attack", "attacks", "certify"])
+def test_help(capsys, monkeypatch, command):
+    code, out, _ = run(capsys, monkeypatch, command, "--help")
+    assert code == 0 and "Usage" in out
+
+
+def test_attacks_lists_every_attack(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["score", "attacks"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr().out
+    assert exc.value.code in (0, None)
+    for name in ("unlearndiff", "p4d", "ring-a-bell", "inversion", "paraphrase"):
+        assert name in out
+
+
+def test_unknown_attack_is_one_line(capsys, monkeypatch, tmp_path):
+    code, _, err = run(capsys, monkeypatch, "attack", "--attack", "gcg", "--concept", "star", "--task", "object",
+                       "--out", tmp_path)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err and lines[-1].startswith("error: unknown attack 'gcg'")
+
+
+def test_attack_end_to_end_then_resumed(capsys, monkeypatch, tmp_path, tiny_model_dirs, protocol_file):
+    model, base = tiny_model_dirs
+    config = tmp_path / "budget.toml"
+    config.write_text("iterations = 2\ntarget_images = 1\nbatch = 1\nselect_every = 1\n")
+    args = ["attack", "--attack", "unlearndiff", "--concept", "star", "--model", model, "--base", base,
+            "--protocol", protocol_file, "--config", config, "--out", tmp_path / "out", "--no-cache"]
+    code, out, err = run(capsys, monkeypatch, *args)
+    assert code in (0, None), err
+    assert "asr" in out and "pre_asr" in out and "0 of 2 prompts resumed" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["attack"] == "unlearndiff" and report["config"]["iterations"] == 2
+    assert report["model_hash"] != report["base_hash"]
+    code, out, _ = run(capsys, monkeypatch, *args)
+    assert "2 of 2 prompts resumed" in out
+
+
+def test_bench_adds_an_asr_column_per_attack(tmp_path, tiny_model_dirs, protocol_file):
+    from score_erasure.evaluation.bench import bench
+
+    rows = bench(str(tiny_model_dirs[0]), "star", ["none"], tmp_path, protocol_path=protocol_file, use_cache=False,
+                 attacks=["paraphrase"])
+    assert rows[0].status == "ok", rows[0].error
+    assert set(rows[0].metrics["asr_paraphrase"]) == {"value", "ci_low", "ci_high"}
+    assert "asr_paraphrase" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "none" / "attack-paraphrase" / "report.json").is_file()

@@ -1,0 +1,71 @@
+"""`score certify` end to end on tiny models: the report's numbers, its stated assumption, attack prompts."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from score_erasure import cli
+from score_erasure.attacks.run import run_attack
+from score_erasure.certify.certificate import certify
+from score_erasure.errors import UserError
+
+SMALL = {"n": 16, "folds": 2}
+
+
+def test_certificate_reports_model_and_base_leakage(tmp_path, tiny_dirs, star_protocol):
+    model, base = map(str, tiny_dirs)
+    report = certify(model, "star", tmp_path, base=base, protocol_path=star_protocol, overrides=SMALL)
+    data = json.loads((tmp_path / "report.json").read_text())
+    for key in ("mi_nats", "base_mi_nats", "fano_nats", "pinsker_max_accuracy"):
+        assert set(data[key]) == {"value", "ci_low", "ci_high"}
+        assert 0 <= data[key]["ci_low"] <= data[key]["value"] <= data[key]["ci_high"]
+    assert data["mi_nats"]["ci_high"] <= math.log(2) and data["pinsker_max_accuracy"]["ci_high"] <= 1
+    assert set(data["probes"]) == {"logistic", "mlp"} and data["n_per_class"] == 16
+    assert "lower bound" in data["assumption"] and "near-optimal" in data["assumption"]
+    assert data["neutral_prompts"] == [""]  # a model outside the world: ESD's anchor, the empty prompt
+    assert report.model_hash != report.base_hash
+    html = (tmp_path / "report.html").read_text()
+    assert "lower bound" in html and (tmp_path / "images" / "base-concept.png").is_file()
+
+
+def test_attack_finds_join_the_concept_prompts(tmp_path, tiny_dirs, star_protocol):
+    model, base = map(str, tiny_dirs)
+    run_attack(model, "inversion", "star", tmp_path / "attack", base=base, protocol_path=star_protocol,
+               overrides={"iterations": 2, "target_images": 1, "batch": 1}, use_cache=False, show_progress=False)
+    report = certify(model, "star", tmp_path / "certificate", base=model, protocol_path=star_protocol,
+                     attack_folders=[tmp_path / "attack"], overrides={**SMALL, "neutral": "protocol"})
+    assert "<S*> a star" in report.concept_prompts and report.base_mi_nats == report.mi_nats
+    assert len(report.neutral_prompts) == 4
+    with pytest.raises(UserError, match="holds no attack results"):
+        certify(model, "star", tmp_path / "again", protocol_path=star_protocol, attack_folders=[tmp_path])
+
+
+def test_certify_command(tmp_path, tiny_dirs, star_protocol, capsys, monkeypatch):
+    model, base = tiny_dirs
+    monkeypatch.setattr(sys, "argv", ["score", "certify", "--concept", "star", "--model", str(model), "--base",
+                                      str(base), "--protocol", str(star_protocol), "-n", "8", "--folds", "2",
+                                      "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr().out
+    assert exc.value.code in (0, None) and "mi_nats" in out and "near-optimal" in out
+
+
+def test_both_classes_draw_each_seed_once(tiny_dirs, star_protocol):
+    from score_erasure.attacks.base import Found
+    from score_erasure.attacks.tokens import token_prompt
+    from score_erasure.backends import denoiser_for
+    from score_erasure.certify.certificate import class_images
+    from score_erasure.evaluation.protocol import load_protocol
+    from score_erasure.generate import generate
+    from score_erasure.models import load_pipeline
+
+    pipe, protocol = load_pipeline(str(tiny_dirs[0])), load_protocol(star_protocol)
+    d = denoiser_for(pipe)
+    inputs = [Found(token_prompt(d, [p]), p) for p in ("a star", "a circle", "a heart")]
+    images = class_images(pipe, inputs, 5, protocol, seed=10)
+    expected = generate(pipe, ["a circle"], [14], steps=protocol.sampling.steps, show_progress=False)[0, 0]
+    assert images.shape[0] == 5 and np.array_equal(images[4], expected)  # input 4 mod 3 = 1, seed 14

@@ -1,0 +1,34 @@
+"""Shared fixtures. The hub is switched off for the whole suite: nothing here may touch the network."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The shipped embedded pipeline (loaded once: importing and loading costs seconds)."""
+    from score_erasure.models import load_pipeline
+
+    return load_pipeline("embedded")
+
+
+@pytest.fixture(scope="session")
+def judge():
+    from score_erasure.toyworld.judge import WorldJudge
+
+    return WorldJudge.load()
+
+
+@pytest.fixture(scope="session")
+def saved_embedded(embedded, tmp_path_factory):
+    """The embedded pipeline written as a plain diffusers directory."""
+    path = tmp_path_factory.mktemp("embedded-pipeline")
+    embedded.save_pretrained(path)
+    return path

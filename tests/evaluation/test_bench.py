@@ -1,0 +1,71 @@
+"""`bench`: methods found by name, all evaluated against one base; a failing method is a row, not a crash."""
+
+import json
+import types
+
+import pytest
+
+from score_erasure.errors import UserError
+from score_erasure.evaluation import bench as bench_mod
+from score_erasure.evaluation.bench import ErasureRequest, bench, method_registry
+
+
+def _broken(pipe, request):
+    raise RuntimeError("loss is NaN at step 3")
+
+
+def _add_noise(pipe, request: ErasureRequest):
+    """Stands in for an erasure: perturbs the UNet, in place, and returns the pipeline."""
+    import torch
+
+    assert (request.task, request.concept) == ("object", "star")
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return pipe
+
+
+@pytest.fixture
+def methods_module(monkeypatch):
+    module = types.ModuleType("score_erasure.methods")
+    module.ERASERS = {"broken": _broken, "noise": _add_noise}
+    monkeypatch.setitem(__import__("sys").modules, "score_erasure.methods", module)
+
+
+def test_registry_has_none_and_finds_the_methods_package(methods_module):
+    assert list(method_registry()) == ["none", "broken", "noise"]
+
+
+def test_registry_without_a_methods_package():
+    assert "none" in method_registry()
+
+
+def test_bench_reports_every_method_and_survives_a_failure(methods_module, tiny_model_dir, small_protocol, tmp_path):
+    out = tmp_path / "bench"
+    rows = bench(str(tiny_model_dir), "star", ["none", "broken", "noise"], out, task="object",
+                 protocol_path=small_protocol("object", "star"), cache_dir=tmp_path / "cache",
+                 command="score bench --concept star --methods none,broken,noise")
+    assert [(r.method, r.status) for r in rows] == [("none", "ok"), ("broken", "failed"), ("noise", "ok")]
+    assert rows[1].error == "RuntimeError: loss is NaN at step 3"
+    assert "loss is NaN" in (out / "broken" / "error.txt").read_text()
+    none, noise = rows[0].metrics, rows[2].metrics
+    assert none["fid"]["value"] == pytest.approx(0, abs=1e-6) and noise["fid"]["value"] > 0
+    table = (out / "results.md").read_text()
+    assert "score bench --concept star --methods none,broken,noise" in table
+    assert "| broken |" in table and "failed: RuntimeError: loss is NaN at step 3" in table
+    results = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in results["rows"]] == ["none", "broken", "noise"] and results["protocol_hash"]
+    assert (out / "results.png").stat().st_size > 0
+    assert (out / "none" / "report.html").is_file() and (out / "noise" / "report.json").is_file()
+
+
+def test_unknown_method_lists_the_valid_ones(tmp_path):
+    with pytest.raises(UserError, match="unknown method 'esdx'; choose one or more of: none"):
+        bench("embedded", "star", ["none", "esdx"], tmp_path, task="object")
+
+
+def test_markdown_escapes_pipes_in_errors():
+    rows = [bench_mod.BenchRow("x", "failed", error="ValueError: a|b")]
+    meta = {"task": "object", "concept": "star", "model": "m", "command": "c", "protocol": "p",
+            "protocol_hash": "0" * 64, "base_hash": "1" * 64, "seconds": 1.0}
+    assert "a\\|b" in bench_mod.results_markdown(rows, meta)

@@ -1,0 +1,83 @@
+"""Every method on a tiny random pipeline: it runs, and it changes only the parameters it claims."""
+
+import re
+
+import pytest
+import torch
+
+from score_erasure.backends import denoiser_for
+from score_erasure.errors import UserError
+from score_erasure.methods import METHODS, get_method
+from score_erasure.testing import FAST_CONFIGS as FAST
+
+
+def _changed(before, network):
+    return {k for k, v in network.named_parameters() if not torch.equal(v, before[k])}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_changes_only_its_group(name, pipe, spec):
+    method = get_method(name)
+    cfg = method.config(FAST[name])
+    denoiser = denoiser_for(pipe)
+    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    method.fit(denoiser, spec, cfg, show_progress=False)
+    changed = _changed(before, denoiser.network)
+    assert changed, f"{name} changed nothing"
+    allowed = set(denoiser_for(pipe).parameters(cfg.group))
+    assert changed <= allowed, sorted(changed - allowed)[:3]
+    if name == "esd-x":
+        assert all(re.search(r"attn2\.", k) for k in changed)
+    if name == "esd-u":
+        assert not any(re.search(r"attn2\.", k) for k in changed)
+    if name == "uce":
+        assert all(re.search(r"attn2\.to_[kv]\.weight", k) for k in changed)
+
+
+def test_score_reports_the_mi_estimate_and_saliency(pipe, spec):
+    method = get_method("score")
+    trace = method.fit(denoiser_for(pipe), spec, method.config(FAST["score"]), show_progress=False)
+    mi = trace.series("mi")
+    assert len(mi) == 2 and all(-5 < v <= 0.7 for v in mi)  # log 2 − BCE ≤ log 2
+    assert 0 < trace.info["saliency_kept"] < 1
+
+
+def test_saliency_mask_confines_score_updates(pipe, spec):
+    method = get_method("score")
+    cfg = method.config({**FAST["score"], "saliency_keep": 0.05})
+    denoiser = denoiser_for(pipe)
+    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    trace = method.fit(denoiser, spec, cfg, show_progress=False)
+    moved = sum(int((v != before[k]).sum()) for k, v in denoiser.network.named_parameters())
+    total = sum(v.numel() for v in before.values())
+    assert moved / total <= trace.info["saliency_kept"] + 1e-9
+
+
+def test_ant_is_score_without_the_adversary():
+    assert get_method("ant").config().adversarial is False
+    assert get_method("score").config().adversarial is True
+    assert get_method("ant").fit is get_method("score").fit
+
+
+def test_same_seed_same_delta(spec):
+    from score_erasure.testing import tiny_sd_pipeline
+
+    results = []
+    for _ in range(2):
+        pipe = tiny_sd_pipeline(0)
+        denoiser = denoiser_for(pipe)
+        method = get_method("score")
+        method.fit(denoiser, spec, method.config(FAST["score"]), show_progress=False)
+        results.append({k: v.detach().clone() for k, v in denoiser.network.named_parameters()})
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=0, atol=0)
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(UserError, match="choose one of: score, ant, esd-x, esd-u, uce"):
+        get_method("esdx")
+
+
+def test_invalid_config_is_a_user_error():
+    with pytest.raises(UserError, match="invalid esd-x config: iterations"):
+        get_method("esd-x").config({"iterations": "many"})

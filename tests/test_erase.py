@@ -1,0 +1,124 @@
+"""`score erase` end to end on a tiny saved model: delta, record, reload as --model, merge, errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from score_erasure.delta import ErasureDelta
+from score_erasure.erase import erase
+from score_erasure.errors import UserError
+from score_erasure.generate import generate
+from score_erasure.methods import get_method
+from score_erasure.models import load_pipeline
+from score_erasure.spec import ConceptSpec, build_spec
+from score_erasure.testing import FAST_CONFIGS as FAST
+from score_erasure.testing import tiny_sd_pipeline
+
+SPEC = ConceptSpec.from_words(["star"], synonyms=["starburst"], preserve=["a circle"])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    tiny_sd_pipeline(0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def erased(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("erased")
+    erase(str(tiny_dir), "esd-x", SPEC, out, FAST["esd-x"], show_progress=False)
+    return out
+
+
+def test_erase_writes_delta_and_record(erased):
+    record = json.loads((erased / "erase.json").read_text())
+    assert record["method"] == "esd-x" and record["concepts"] == ["star"]
+    assert record["seconds"] > 0 and record["peak_rss_mb"] > 0 and "versions" in record
+    delta = ErasureDelta.load(erased / "delta.safetensors")
+    assert delta.tensors and all("attn2" in k for k in delta.tensors)
+
+
+def test_delta_load_equals_in_memory_apply(tiny_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_dir))
+    before = {k: v.detach().clone() for k, v in pipe.unet.named_parameters()}
+    from score_erasure.backends import denoiser_for
+
+    denoiser = denoiser_for(pipe)
+    get_method("uce").fit(denoiser, SPEC, get_method("uce").config())
+    delta = ErasureDelta.from_changes(before, dict(pipe.unet.named_parameters()), method="uce", concepts=["star"],
+                                      base_model=str(tiny_dir), base_hash="h")
+    delta.save(tmp_path / "d.safetensors")
+    fresh = load_pipeline(str(tiny_dir))
+    ErasureDelta.load(tmp_path / "d.safetensors").apply(fresh, base_hash="h")
+    for k, v in pipe.unet.named_parameters():
+        torch.testing.assert_close(dict(fresh.unet.named_parameters())[k], v, rtol=0, atol=0)
+
+
+def test_erase_output_is_a_model(erased, tiny_dir):
+    base = generate(load_pipeline(str(tiny_dir)), ["a star"], [0], steps=3, show_progress=False)
+    again = generate(load_pipeline(str(erased)), ["a star"], [0], steps=3, show_progress=False)
+    assert again.shape == base.shape
+    assert not np.array_equal(base, again)
+
+
+def test_merge_loads_in_plain_diffusers(erased, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from score_erasure import cli
+
+    monkeypatch.setattr(sys, "argv", ["score", "merge", str(erased), "--out", str(tmp_path / "merged")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 0, capsys.readouterr().err
+    merged = StableDiffusionPipeline.from_pretrained(tmp_path / "merged")
+    merged.set_progress_bar_config(disable=True)
+    a = generate(merged, ["a star"], [0], steps=3, show_progress=False)
+    b = generate(load_pipeline(str(erased)), ["a star"], [0], steps=3, show_progress=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_delta_refuses_another_base(erased, tmp_path):
+    other = tmp_path / "other"
+    tiny_sd_pipeline(1).save_pretrained(other)
+    delta = ErasureDelta.load(erased / "delta.safetensors")
+    with pytest.raises(UserError, match="computed from base model"):
+        delta.apply(load_pipeline(str(other)), base_hash="0" * 64)
+
+
+def test_nan_loss_stops_with_a_user_error(tiny_dir, tmp_path):
+    with pytest.raises(UserError, match="loss became nan"):
+        erase(str(tiny_dir), "esd-u", SPEC, tmp_path, {**FAST["esd-u"], "lr": math.inf, "iterations": 3},
+              show_progress=False)
+
+
+def test_resume_continues_to_the_same_delta(tiny_dir, tmp_path):
+    cfg = {**FAST["esd-x"], "iterations": 4}
+    erase(str(tiny_dir), "esd-x", SPEC, tmp_path / "a", cfg, checkpoint_every=2, show_progress=False)
+    # An interrupted run: two steps done and checkpointed, then resumed to four.
+    erase(str(tiny_dir), "esd-x", SPEC, tmp_path / "b", {**cfg, "iterations": 2}, show_progress=False)
+    erase(str(tiny_dir), "esd-x", SPEC, tmp_path / "b", cfg, resume=True, show_progress=False)
+    a = ErasureDelta.load(tmp_path / "a" / "delta.safetensors").tensors
+    b = ErasureDelta.load(tmp_path / "b" / "delta.safetensors").tensors
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_concept_unknown_to_the_world():
+    with pytest.raises(UserError, match="not in the embedded world's vocabulary"):
+        build_spec("embedded", ["dragon"])
+
+
+def test_world_spec_uses_only_seen_words():
+    from score_erasure.toyworld import captions
+
+    allowed = captions.training_vocabulary()
+    for concept in ("star", "red", "striped", "Zorblat", "fire"):
+        spec = build_spec("embedded", [concept])
+        for prompt in spec.target_prompts + spec.anchor_prompts + spec.retain_prompts:
+            assert set(prompt.split()) <= allowed, prompt
