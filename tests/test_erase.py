@@ -122,3 +122,18 @@ def test_world_spec_uses_only_seen_words():
         spec = build_spec("embedded", [concept])
         for prompt in spec.target_prompts + spec.anchor_prompts + spec.retain_prompts:
             assert set(prompt.split()) <= allowed, prompt
+
+
+def test_the_world_vocabulary_is_found_on_either_side_of_a_comparison(tmp_path, tiny_dir):
+    from score_erasure.spec import compositional_prompts, vocabulary_source
+
+    world_erasure = tmp_path / "erase-star"
+    world_erasure.mkdir()
+    (world_erasure / "delta.safetensors").write_bytes(b"")
+    (world_erasure / "erase.json").write_text(json.dumps({"base_model": "embedded"}))
+    # A world erasure judged against its base saved as a plain folder: the erasure names the vocabulary.
+    assert vocabulary_source(str(world_erasure), str(tiny_dir)) == str(world_erasure)
+    assert build_spec(vocabulary_source(str(world_erasure), str(tiny_dir)), ["star"]).anchor_prompts[0] == "a shape"
+    assert vocabulary_source(str(world_erasure), "embedded") == "embedded"
+    assert vocabulary_source(str(tiny_dir), str(tiny_dir)) == str(tiny_dir)  # neither: the base's words
+    assert compositional_prompts(str(world_erasure), "star") and not compositional_prompts(str(tiny_dir), "star")

@@ -16,6 +16,7 @@ from score_erasure.attacks.cli import register as register_attacks
 from score_erasure.certify.cli import register as register_certify
 from score_erasure.errors import UserError
 from score_erasure.evaluation.cli import register as register_evaluation
+from score_erasure.io import read_overrides
 
 app = typer.Typer(help="Robust concept erasure for text-to-image diffusion models.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -114,19 +115,6 @@ def demo_cmd(
     print_evaluation(console, report, f"{method} (no {concept})", "embedded", out / "evaluation")
 
 
-def _read_config(path: Path | None) -> dict:
-    """Method config overrides from a TOML or JSON file."""
-    if path is None:
-        return {}
-    import tomllib
-
-    try:
-        text = path.read_text()
-        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read config '{path}': {exc}") from exc
-
-
 @app.command("erase")
 def erase_cmd(
     method: Annotated[str, typer.Option(help="Method name (see `score methods`).")],
@@ -148,7 +136,7 @@ def erase_cmd(
 
     get_method(method)
     spec = build_spec(model, concept or [], preserve, concept_file)
-    delta = erase(model, method, spec, out, _read_config(config), resume=resume, merge=merge,
+    delta = erase(model, method, spec, out, read_overrides(config), resume=resume, merge=merge,
                   checkpoint_every=checkpoint_every)
     record = json.loads((out / "erase.json").read_text())
     console.print(f"erased {', '.join(spec.concepts)} with {method} in {record['seconds']:.1f} s "

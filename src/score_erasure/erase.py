@@ -7,8 +7,6 @@ seconds, peak RSS, the loss/MI trace, provenance), checkpoint.safetensors while 
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -20,14 +18,8 @@ from score_erasure.io import atomic_write_json
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.models import load_pipeline, model_hash
-from score_erasure.provenance import provenance
+from score_erasure.provenance import peak_rss_mb, provenance
 from score_erasure.spec import ConceptSpec
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _model_id(model: str) -> str:

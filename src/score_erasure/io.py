@@ -59,3 +59,18 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
             _, i, k = name.split(".", 2)
             state.setdefault(int(i), {})[k] = value
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def read_overrides(path: Path | None) -> dict:
+    """Config overrides from a TOML or JSON file (nothing when no file is given)."""
+    if path is None:
+        return {}
+    import tomllib
+
+    from score_erasure.errors import UserError
+
+    try:
+        text = Path(path).read_text()
+        return json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read config '{path}': {exc}") from exc

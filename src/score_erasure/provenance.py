@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import resource
 import sys
 import time
 from importlib import metadata
@@ -45,3 +46,26 @@ def hash_directory(root: Path) -> str:
         h.update(str(p.relative_to(root)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS count of this process (Linux: "5" to /proc/self/clear_refs resets VmHWM), so
+    that one phase of a longer run can be measured on its own; False where the OS cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started or since `reset_peak_rss`: VmHWM where /proc
+    has it, else ru_maxrss (KiB on Linux, bytes on macOS), which cannot be reset."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -99,10 +99,17 @@ def build_spec(model: str, concepts: list[str], preserve: list[str] | None = Non
     return ConceptSpec.from_words(concepts, preserve=preserve)
 
 
+def vocabulary_source(model: str, base: str) -> str:
+    """Whose vocabulary names the concept when a model is judged against a base: the one of the two that
+    descends from the embedded world (a base given as a plain folder is not recognised as the world's),
+    else the base."""
+    return model if _is_world_model(model) and not _is_world_model(base) else base
+
+
 def compositional_prompts(model: str, concept: str) -> list[str]:
     """Prompts that put the concept's held-out names among other attributes: the embedded world's, from its
     vocabulary; none for other models (pass them to the paraphrase attack as extra_prompts)."""
-    if model != "embedded":
+    if not _is_world_model(model):
         return []
     from score_erasure.toyworld.specs import compositional_prompts as world_compositional
 

@@ -69,3 +69,28 @@ def test_markdown_escapes_pipes_in_errors():
     meta = {"task": "object", "concept": "star", "model": "m", "command": "c", "protocol": "p",
             "protocol_hash": "0" * 64, "base_hash": "1" * 64, "seconds": 1.0}
     assert "a\\|b" in bench_mod.results_markdown(rows, meta)
+
+
+def test_a_variant_is_a_method_with_its_config_overridden(tiny_model_dir, small_protocol, tmp_path):
+    out = tmp_path / "bench"
+    rows = bench(str(tiny_model_dir), "star", ["none"], out, task="object",
+                 protocol_path=small_protocol("object", "star"), cache_dir=tmp_path / "cache",
+                 variants={"uce-tail": ("uce", {"tokens": "tail", "erase_scale": 2.0})})
+    assert [(r.method, r.status) for r in rows] == [("none", "ok"), ("uce-tail", "ok")]
+    assert rows[1].metrics["fid"]["value"] > 0 and rows[1].peak_rss_mb > 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["variants"] == {"uce-tail": {"method": "uce", "config": {"tokens": "tail", "erase_scale": 2.0}}}
+    with pytest.raises(UserError, match="already a method's name"):
+        bench(str(tiny_model_dir), "star", [], out, variants={"uce": ("uce", {})})
+    with pytest.raises(UserError, match="uce"):
+        bench(str(tiny_model_dir), "star", [], out, variants={"x": ("uce", {"no_such_field": 1})})
+
+
+def test_variant_flag_parsing(tmp_path):
+    from score_erasure.evaluation.cli import parse_variant
+
+    (tmp_path / "a.toml").write_text("adversarial = false\n")
+    assert parse_variant(f"no-adv=score:{tmp_path / 'a.toml'}") == ("no-adv", ("score", {"adversarial": False}))
+    assert parse_variant("plain=esd-u") == ("plain", ("esd-u", {}))
+    with pytest.raises(UserError, match="LABEL=METHOD:CONFIG"):
+        parse_variant("score")

@@ -63,8 +63,9 @@ def test_same_seed_same_delta(spec):
     from score_erasure.testing import tiny_sd_pipeline
 
     results = []
-    for _ in range(2):
+    for global_seed in range(2):  # whatever the caller's global RNG state: only the config's seed counts
         pipe = tiny_sd_pipeline(0)
+        torch.manual_seed(global_seed)
         denoiser = denoiser_for(pipe)
         method = get_method("score")
         method.fit(denoiser, spec, method.config(FAST["score"]), show_progress=False)
@@ -81,3 +82,22 @@ def test_unknown_method_lists_the_valid_ones():
 def test_invalid_config_is_a_user_error():
     with pytest.raises(UserError, match="invalid esd-x config: iterations"):
         get_method("esd-x").config({"iterations": "many"})
+
+
+def test_score_reference_is_the_matched_anchor_or_empty(pipe, spec):
+    from score_erasure.methods.score import _Score
+
+    denoiser = denoiser_for(pipe)
+    cfg = get_method("score").config({**FAST["score"], "reference": "anchor"})
+    run = _Score(denoiser, spec, cfg)
+    torch.testing.assert_close(run.reference(1), denoiser.encode(["a picture of a shape"]))
+    torch.testing.assert_close(run.reference(5), run.uncond)  # beyond the spec's targets: no anchor, so ∅
+    run = _Score(denoiser, spec, cfg.model_copy(update={"reference": "empty"}))
+    torch.testing.assert_close(run.reference(1), run.uncond)
+
+
+def test_score_without_an_early_stage_has_no_early_term(pipe, spec):
+    method = get_method("score")
+    trace = method.fit(denoiser_for(pipe), spec, method.config({**FAST["score"], "early_fraction": 0.0}),
+                       show_progress=False)
+    assert trace.series("early") == [0.0, 0.0] and all(v > 0 for v in trace.series("late"))

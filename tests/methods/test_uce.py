@@ -34,3 +34,23 @@ def test_uce_minimises_its_objective():
     best = uce_weight(W, c, c_star, keep, cfg)
     for _ in range(10):
         assert objective(best) <= objective(best + 1e-3 * torch.randn_like(W))
+
+
+def test_rows_pair_tail_tokens_and_all_tokens_of_equal_length_prompts():
+    from score_erasure.backends import denoiser_for
+    from score_erasure.methods.uce import paired_rows
+    from score_erasure.testing import tiny_sd_pipeline
+
+    d = denoiser_for(tiny_sd_pipeline())
+    emb = d.encode(["a red star", "a red shape", "a star on fire", "a star"])
+    length = emb.shape[1]  # 16: [CLS] a red star [SEP] + padding; "a star on fire" ends 2 tokens later
+    rows, guides = paired_rows(d, ["a red star"], ["a red shape"], "tail")
+    torch.testing.assert_close(rows, emb[0, 3:])  # from the last real token ("star", position 3) to the end
+    torch.testing.assert_close(guides, emb[1, 3:])
+    rows, guides = paired_rows(d, ["a red star"], ["a red shape"], "all")
+    torch.testing.assert_close(rows, emb[0])
+    torch.testing.assert_close(guides, emb[1])
+    # Different lengths: aligned at the last real tokens, the longer one's overhang at the end dropped.
+    rows, guides = paired_rows(d, ["a star on fire"], ["a star"], "all")
+    torch.testing.assert_close(rows, emb[2, 4:])
+    torch.testing.assert_close(guides, emb[3, 2:length - 2])

@@ -11,7 +11,8 @@ from score_erasure.evaluation.cli import CacheDirOpt, CacheOpt, ConceptOpt, Prot
 
 
 def register(app: typer.Typer) -> None:
-    from score_erasure.cli import ModelOpt, _read_config, console
+    from score_erasure.cli import ModelOpt, console
+    from score_erasure.io import read_overrides
 
     @app.command("attack")
     def attack_cmd(
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from score_erasure.evaluation.report import fmt
 
         report = run_attack(model, attack, concept, out, task=task, base=base, protocol_path=protocol,
-                            overrides=_read_config(config), cache_dir=cache_dir, use_cache=cache, resume=resume)
+                            overrides=read_overrides(config), cache_dir=cache_dir, use_cache=cache, resume=resume)
         table = Table(title=f"{attack} on {report.task} / {concept}: {model}")
         for col in ("metric", "value", "95% interval"):
             table.add_column(col)

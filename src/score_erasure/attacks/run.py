@@ -36,7 +36,7 @@ from score_erasure.io import load_tensors, save_tensors
 from score_erasure.models import load_pipeline, model_hash
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
-from score_erasure.spec import build_spec, compositional_prompts
+from score_erasure.spec import build_spec, compositional_prompts, vocabulary_source
 
 
 @dataclass
@@ -204,6 +204,7 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     check_resolutions(pipe, base_pipe, model, base)
     subject = Subject(pipe, base_pipe, model, base, model_hash(model), model_hash(base))
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    return attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=build_spec(base, [concept]),
-                           compositional=compositional_prompts(base, concept), cache=cache, resume=resume,
+    words = vocabulary_source(model, base)
+    return attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=build_spec(words, [concept]),
+                           compositional=compositional_prompts(words, concept), cache=cache, resume=resume,
                            show_progress=show_progress)

@@ -30,7 +30,7 @@ from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.generate import generate
 from score_erasure.models import load_pipeline, model_hash
 from score_erasure.provenance import provenance
-from score_erasure.spec import ConceptSpec, build_spec
+from score_erasure.spec import ConceptSpec, build_spec, vocabulary_source
 
 ASSUMPTION = (
     "Probes give a lower bound on leakage: a probe that tells concept images from neutral ones proves at least "
@@ -112,8 +112,8 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)
     check_resolutions(pipe, base_pipe, model, base)
-    concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept,
-                                                        build_spec(base, [concept]), cfg.neutral,
+    spec = build_spec(vocabulary_source(model, base), [concept])
+    concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept, spec, cfg.neutral,
                                                         list(attack_folders or []))
     leak, concept_images, neutral_images = leakage_of(pipe, judge, concept_inputs, neutral_inputs, protocol, cfg)
     base_leak, base_concept_images, base_neutral_images = (

@@ -25,7 +25,7 @@ from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import Metric, fmt, metric_bars, write_report
 from score_erasure.io import atomic_write, atomic_write_json, atomic_write_text
 from score_erasure.models import load_pipeline, model_hash, resolution
-from score_erasure.provenance import provenance
+from score_erasure.provenance import peak_rss_mb, provenance, reset_peak_rss
 
 status = Console(stderr=True)
 TABLE_METRICS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr")
@@ -66,6 +66,7 @@ class BenchRow:
     status: str  # "ok" or "failed"
     error: str | None = None
     erase_seconds: float | None = None
+    peak_rss_mb: float | None = None  # of the bench process while it loaded a fresh copy and erased
     seconds: float | None = None
     metrics: dict[str, dict] = field(default_factory=dict)
     report: str | None = None
@@ -98,10 +99,12 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
 def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, base: Sampled, protocol,
                 scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = ()) -> BenchRow:
     start = time.time()
+    measured_alone = reset_peak_rss()
     pipe = load_pipeline(model)  # a fresh copy per method: a method may edit the pipeline in place
     erase_start = time.time()
     erased = erase(pipe, request)
     erase_seconds = time.time() - erase_start
+    peak = peak_rss_mb() if measured_alone else None
     if resolution(erased) != resolution(pipe):
         raise UserError(f"method '{name}' changed the resolution from {resolution(pipe)} to {resolution(erased)}")
     # An erased pipeline has no files to hash and may differ from run to run: its images are not cached.
@@ -113,7 +116,7 @@ def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, 
     write_report(report, sampled.images, base.images, out / name)
     asr = _attack_metrics(erased, name, base_pipe, base, sampled.hash, request, protocol, scorers, out / name,
                           list(attacks)) if attacks else {}
-    return BenchRow(name, "ok", erase_seconds=erase_seconds, seconds=time.time() - start,
+    return BenchRow(name, "ok", erase_seconds=erase_seconds, peak_rss_mb=peak, seconds=time.time() - start,
                     metrics={**{k: v.model_dump() for k, v in report.metrics.items()}, **asr},
                     report=str(Path(name) / "report.html"))
 
@@ -121,14 +124,24 @@ def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, 
 def bench(model: str, concept: str, methods: list[str], out: Path, task: str | None = None,
           protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
           fid_features: Path | None = None, clip_model: str | None = None, command: str = "",
-          attacks: list[str] | None = None) -> list[BenchRow]:
+          attacks: list[str] | None = None, variants: dict[str, tuple[str, dict]] | None = None) -> list[BenchRow]:
     """Evaluate every method against `model` (the base); writes results.md, results.json, results.png and one
-    report folder per method under `out`. Each of `attacks` adds an ASR column (`asr_<attack>`)."""
+    report folder per method under `out`. Each of `attacks` adds an ASR column (`asr_<attack>`). `variants`
+    adds rows `label -> (method, config overrides)`: an ablation is a variant of a method."""
     start = time.time()
     registry = method_registry()
     unknown = [m for m in methods if m not in registry]
-    if unknown or not methods:
+    if unknown or not (methods or variants):
         raise UserError(f"unknown method '{(unknown or [''])[0]}'; choose one or more of: {', '.join(registry)}")
+    variants = dict(variants or {})
+    if variants:
+        from score_erasure.methods import eraser
+
+        for label, (method, overrides) in variants.items():
+            if label in registry:
+                raise UserError(f"variant label '{label}' is already a method's name; choose another")
+            registry[label] = eraser(method, overrides)
+        methods = [*methods, *variants]
     attacks = list(attacks or [])
     if attacks:
         from score_erasure.attacks import get_attack
@@ -159,6 +172,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
                                     "base_hash": base.hash, "protocol": protocol.name,
                                     "protocol_hash": protocol.hash, "seconds": time.time() - start,
                                     "attacks": attacks,
+                                    "variants": {k: {"method": m, "config": o} for k, (m, o) in variants.items()},
                                     "cache": {"hits": cache.hits, "generated": cache.generated}})
     return rows
 
@@ -173,13 +187,14 @@ def results_markdown(rows: list[BenchRow], meta: dict) -> str:
              f"Command: `{meta['command']}`", "",
              f"Protocol `{meta['protocol']}` ({meta['protocol_hash'][:16]}), base {meta['base_hash'][:16]}; "
              f"values with 95% bootstrap intervals; {meta['seconds']:.0f} s in all.", "",
-             "| method | " + " | ".join(columns) + " | erase s | status |",
-             "|---" * (len(columns) + 3) + "|"]
+             "| method | " + " | ".join(columns) + " | erase s | peak RSS MB | status |",
+             "|---" * (len(columns) + 4) + "|"]
     for row in rows:
         cells = [_cell(row.metrics.get(k)) for k in columns]
         erase = "" if row.erase_seconds is None else f"{row.erase_seconds:.1f}"
+        rss = "" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}"
         status = "ok" if row.status == "ok" else f"failed: {row.error}".replace("|", "\\|")
-        lines.append(f"| {row.method} | " + " | ".join(cells) + f" | {erase} | {status} |")
+        lines.append(f"| {row.method} | " + " | ".join(cells) + f" | {erase} | {rss} | {status} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from score_erasure.errors import UserError
+
 TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols).")]
 ConceptOpt = Annotated[str, typer.Option(help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
 ProtocolOpt = Annotated[Path | None, typer.Option(help="A protocol JSON file instead of the packaged one.")]
@@ -41,6 +43,17 @@ def print_evaluation(console, report, model: str, base: str, out: Path) -> None:
         console.print(f"note: {note}")
     console.print(f"{report.seconds:.1f} s ({report.cache.get('generated', 0)} images generated, "
                   f"{report.cache.get('hits', 0)} from cache); report: {out / 'report.html'}")
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
+    """'no-adversary=score:no-adversary.toml' -> ('no-adversary', ('score', {...})); the config is optional."""
+    from score_erasure.io import read_overrides
+
+    label, sep, rest = text.partition("=")
+    method, _, path = rest.partition(":")
+    if not sep or not label.strip() or not method.strip():
+        raise UserError(f"--variant '{text}': expected LABEL=METHOD:CONFIG, e.g. no-adversary=score:no-adv.toml")
+    return label.strip(), (method.strip(), read_overrides(Path(path.strip()) if path.strip() else None))
 
 
 def register(app: typer.Typer) -> None:
@@ -85,6 +98,8 @@ def register(app: typer.Typer) -> None:
         clip_model: ClipOpt = None,
         attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `score attacks`): one ASR column "
                                                   "each.")] = "",
+        variant: Annotated[list[str] | None, typer.Option(help="LABEL=METHOD:CONFIG (TOML/JSON): one more row, the "
+                                                          "method with its config overridden; repeat.")] = None,
     ) -> None:
         """Erase the concept with each method and evaluate all of them against the same base, in one run."""
         from score_erasure.evaluation.bench import TABLE_METRICS, attack_columns, bench
@@ -94,15 +109,16 @@ def register(app: typer.Typer) -> None:
         command = shlex.join(["score", *sys.argv[1:]])
         rows = bench(model, concept, names, out, task=task, protocol_path=protocol, cache_dir=cache_dir,
                      use_cache=cache, fid_features=fid_features, clip_model=clip_model, command=command,
-                     attacks=attack_names)
+                     attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []))
         columns = TABLE_METRICS + attack_columns(attack_names)
         table = Table(title=f"bench: {concept} on {model}")
-        for col in ("method", *columns, "erase s", "status"):
+        for col in ("method", *columns, "erase s", "peak RSS MB", "status"):
             table.add_column(col)
         for row in rows:
             values = [f"{row.metrics[k]['value']:.3g}" if k in row.metrics else "" for k in columns]
             erase = "" if row.erase_seconds is None else f"{row.erase_seconds:.1f}"
-            table.add_row(row.method, *values, erase, "ok" if row.status == "ok" else f"[red]{row.error}[/]")
+            rss = "" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}"
+            table.add_row(row.method, *values, erase, rss, "ok" if row.status == "ok" else f"[red]{row.error}[/]")
         console.print(table)
         console.print(f"results: {out / 'results.md'}")
 

@@ -47,13 +47,16 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _eraser(name: str) -> Callable:
+def eraser(name: str, overrides: dict | None = None) -> Callable:
+    """`name` with its config overridden, as `score bench` runs it: (pipe, ErasureRequest) -> erased pipe."""
+    config = get_method(name).config(overrides)  # a bad override fails here, before the bench starts
+
     def erase_for_bench(pipe, request):
         from score_erasure.backends import denoiser_for
         from score_erasure.spec import build_spec
 
         method, denoiser = get_method(name), denoiser_for(pipe)
-        method.fit(denoiser, build_spec(request.model, [request.concept]), method.config(), show_progress=False)
+        method.fit(denoiser, build_spec(request.model, [request.concept]), config, show_progress=False)
         denoiser.network.requires_grad_(False)
         return pipe
 
@@ -61,4 +64,4 @@ def _eraser(name: str) -> Callable:
 
 
 # The table `score bench` reads: name -> (pipe, ErasureRequest) -> erased pipe.
-ERASERS: dict[str, Callable] = {name: _eraser(name) for name in METHODS}
+ERASERS: dict[str, Callable] = {name: eraser(name) for name in METHODS}

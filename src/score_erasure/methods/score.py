@@ -3,13 +3,18 @@ independence between the concept C and the model's one-step clean estimate x0_ha
 
     L(θ) = L_late + λ_adv L_adv + λ_traj (L_early + α L_unc) + λ_pres L_pres,    grad ← M ⊙ grad
 
-    L_late  = ‖ε_θ(z_l, t_l, c_e) − [ε_0(z_l, t_l, ∅) − η(ε_0(z_l, t_l, c_e) − ε_0(z_l, t_l, ∅))]‖²   (k_l ≥ K_e)
+    L_late  = ‖ε_θ(z_l, t_l, c_e) − [ε_0(z_l, t_l, c_a) − η(ε_0(z_l, t_l, c_e) − ε_0(z_l, t_l, c_a))]‖²   (k_l ≥ K_e)
     L_early = ‖ε_θ(z_e, t_e, c_e) − [ε_0(z_e, t_e, ∅) + η(ε_0(z_e, t_e, c_e) − ε_0(z_e, t_e, ∅))]‖²   (k_e < K_e)
     L_unc   = ‖ε_θ(z, t, ∅) − ε_0(z, t, ∅)‖² at both z_e and z_l, with gradients (ANT computed it without)
     L_pres  = ‖ε_θ(z_r, t, c_r) − ε_0(z_r, t, c_r)‖², z_r a base-model sample of a retained prompt, noised
     L_D(φ)  = −½ log D(x0_hat(c_e)) − ½ log(1 − D(x0_hat(c_0)))      (c_0: matched anchors and retained prompts)
     L_adv   = −log(1 − D(x0_hat(c_e)))                               (non-saturating), λ_adv ramped
     Î(C; X) = log 2 − L_D on a batch D has not trained on (a variational lower bound on the MI)
+
+c_a is the reference the concept is steered away from: ∅ (`reference="empty"`, ANT's and ESD's choice) or
+the target prompt's matched anchor (`reference="anchor"`: "a star on fire" is pushed away from fire relative
+to "a star", not away from everything the prompt says). K_e = 0 (`early_fraction = 0`) drops L_early: the
+erasure term then spans every step, for concepts a model fixes at its first step.
 
 M keeps, per tensor, the weights in the top `saliency_keep` fraction of |Σ ∇L_ANT| for every
 (target prompt, seed) pair: the intersection of the maps (SalUn's rule; ANT's released mask kept the
@@ -19,11 +24,12 @@ bottom half, which we do not copy). `ant` is this module with the adversarial te
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -37,11 +43,14 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     group: str = "full"
-    iterations: int = 200
+    iterations: int = 100  # enough on the embedded model; 200 cost fidelity and time (docs/methods.md)
     lr: float = 5e-4  # ANT's; 1e-4 barely erased on the embedded model (docs/methods.md)
     steps: int = 25
-    early_fraction: float = 0.14  # K_e / steps: ANT's 7 of 50 for nudity
+    # K_e / steps. ANT used 7 of 50 (nudity) to 3 of 50 (art); the embedded world fixes style and fire at the
+    # first of 25 steps, so any early stage kept as it was keeps the concept (docs/methods.md).
+    early_fraction: float = Field(0.0, ge=0, lt=1)
     eta: float = 1.0
+    reference: Literal["empty", "anchor"] = "anchor"
     start_guidance: float = 3.0
     erase: bool = True
     trajectory: bool = True
@@ -50,7 +59,7 @@ class ScoreConfig(BaseModel):
     saliency: bool = True
     lambda_traj: float = 1.0
     alpha_unc: float = 0.5
-    lambda_pres: float = 0.5
+    lambda_pres: float = 2.0
     lambda_adv_start: float = 0.1
     lambda_adv_end: float = 0.5
     adv_ramp: int = 50
@@ -97,19 +106,22 @@ class _Score:
         self.d, self.cfg = denoiser, cfg
         self.eps_0 = denoiser.frozen_copy()
         self.c_e = denoiser.encode(spec.target_prompts)
+        self.c_a = denoiser.encode(spec.anchor_prompts)
         retained = spec.retain_prompts or spec.anchor_prompts
         negatives = list(dict.fromkeys([*retained, *spec.anchor_prompts]))  # retained ones first
         self.c_0 = denoiser.encode(negatives)
         self.c_r = self.c_0[:len(dict.fromkeys(retained))]
         self.uncond = denoiser.unconditional(1)
         self.t = denoiser.timesteps(cfg.steps)
-        self.k_e = max(1, round(cfg.early_fraction * cfg.steps))
+        self.k_e = round(cfg.early_fraction * cfg.steps)  # 0: no early stage, the erasure term spans all steps
         self.bank_e = self._bank(self.c_e)  # base-model clean latents of the concept's prompts
         self.bank_0 = self._bank(self.c_0)  # and of the C=0 prompts, the retained ones first
         in_r = self.bank_0[1] < len(self.c_r)
         self.bank_r = (self.bank_0[0][in_r], self.bank_0[1][in_r])
         x = self.bank_0[0]
-        self.D = Discriminator(x.shape[1], cfg.d_width, x.shape[-1])
+        with torch.random.fork_rng(devices=[]):  # D's initial weights follow the seed, not the caller's RNG state
+            torch.manual_seed(cfg.seed)
+            self.D = Discriminator(x.shape[1], cfg.d_width, x.shape[-1])
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
 
     @torch.no_grad()
@@ -146,6 +158,10 @@ class _Score:
         self.opt_D.step()
         return loss.item()
 
+    def reference(self, i: int) -> torch.Tensor:
+        """c_a for target i: its anchor, or ∅ (also for targets beyond the spec's, which have no anchor)."""
+        return self.c_a[i:i + 1] if self.cfg.reference == "anchor" and i < len(self.c_a) else self.uncond
+
     def lambda_adv(self, k: int) -> float:
         ramp = min(1.0, k / max(1, self.cfg.adv_ramp))
         return self.cfg.lambda_adv_start + ramp * (self.cfg.lambda_adv_end - self.cfg.lambda_adv_start)
@@ -155,7 +171,7 @@ class _Score:
         rng = np.random.default_rng([cfg.seed, 3, k])
         gen = _generator(cfg.seed, 3, k)
         i = int(rng.integers(len(self.c_e)))
-        k_e, k_l = int(rng.integers(self.k_e)), int(rng.integers(self.k_e, cfg.steps))
+        k_e, k_l = int(rng.integers(max(1, self.k_e))), int(rng.integers(self.k_e, cfg.steps))
         c_e, t_e, t_l = self.c_e[i:i + 1], self.t[k_e:k_e + 1], self.t[k_l:k_l + 1]
         z_e = d.sample(c_e, cfg.steps, until=k_e, guidance=cfg.start_guidance, generator=gen)
         z_l = d.sample(c_e, cfg.steps, start=k_e, until=k_l, guidance=cfg.start_guidance, x=z_e)
@@ -166,14 +182,15 @@ class _Score:
         pred_l, pred_e, pred_u_e, pred_u_l, pred_r = d.predict_many(inputs)
         with torch.no_grad():
             e_l, e_e, e_u_e, e_u_l, e_r = self.eps_0.predict_many(inputs)
+            e_a_l = e_u_l if cfg.reference == "empty" else self.eps_0.predict(z_l, t_l, self.reference(i))
         terms: dict[str, float] = {}
         loss = torch.zeros(())
         if cfg.erase:
-            late = F.mse_loss(pred_l, e_u_l - cfg.eta * (e_l - e_u_l))
+            late = F.mse_loss(pred_l, e_a_l - cfg.eta * (e_l - e_a_l))
             loss = loss + late
             terms["late"] = late.item()
         if cfg.trajectory:
-            early = F.mse_loss(pred_e, e_u_e + cfg.eta * (e_e - e_u_e))
+            early = F.mse_loss(pred_e, e_u_e + cfg.eta * (e_e - e_u_e)) if self.k_e else torch.zeros(())
             unc = F.mse_loss(pred_u_e, e_u_e) + F.mse_loss(pred_u_l, e_u_l)
             loss = loss + cfg.lambda_traj * (early + cfg.alpha_unc * unc)
             terms["early"], terms["unc"] = early.item(), unc.item()
@@ -204,10 +221,11 @@ class _Score:
         pred, pred_u = d.predict_many(inputs)
         with torch.no_grad():
             e, e_u = self.eps_0.predict_many(inputs)
+            e_a = e_u if cfg.reference == "empty" else self.eps_0.predict(z, t, self.reference(prompt))
         if k < self.k_e:
             cond_term = cfg.lambda_traj * F.mse_loss(pred, e_u + cfg.eta * (e - e_u))
         else:
-            cond_term = F.mse_loss(pred, e_u - cfg.eta * (e - e_u))
+            cond_term = F.mse_loss(pred, e_a - cfg.eta * (e - e_a))
         return cond_term + cfg.alpha_unc * F.mse_loss(pred_u, e_u)
 
     def saliency_gradients(self, params: dict[str, nn.Parameter]):

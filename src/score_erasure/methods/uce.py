@@ -5,11 +5,17 @@ For every projection W, with c_i the text embedding of an erased concept, c*_i t
 
     W' = ( λ W + s_e Σ_i W c*_i c_iᵀ + s_p Σ_j W c_j c_jᵀ ) ( λ I + s_e Σ_i c_i c_iᵀ + s_p Σ_j c_j c_jᵀ )⁻¹
 
-so W' c_i ≈ W c*_i (the concept now reads as its anchor) while W' c_j ≈ W c_j. The embedding of a
-prompt is its last real token's, as in the reference implementation.
+so W' c_i ≈ W c*_i (the concept now reads as its anchor) while W' c_j ≈ W c_j. The rows c_i are token
+embeddings the UNet attends to. `tokens="tail"` is the reference's choice: from a prompt's last real token
+to the end of the padded sequence (CLIP is causal, so only these positions have seen the whole prompt),
+the erased and guide prompts aligned at their last tokens. `tokens="all"` (the default) adds the earlier
+positions where the two prompts have the same length: a bidirectional encoder such as MiniLM spreads the
+concept over every position, so editing only the tail leaves it readable from the others.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -24,14 +30,30 @@ class UCEConfig(BaseModel):
     preserve_scale: float = 1.0
     lamb: float = 0.5
     group: str = "xattn-kv"
+    tokens: Literal["tail", "all"] = "all"
 
 
-def last_token_embeddings(denoiser, prompts: list[str]) -> torch.Tensor:
-    """(N, D): each prompt's embedding at its last token before the end-of-text token."""
+def _encoded(denoiser, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L, D) embeddings and each prompt's last real token position (before the end-of-text token)."""
     tokens = denoiser.pipe.tokenizer(prompts, padding="max_length", truncation=True,
                                      max_length=denoiser.pipe.tokenizer.model_max_length, return_tensors="pt")
-    last = (tokens["attention_mask"].sum(1) - 2).clamp(min=0)
-    return denoiser.encode(prompts)[torch.arange(len(prompts)), last]
+    return denoiser.encode(prompts), (tokens["attention_mask"].sum(1) - 2).clamp(min=0)
+
+
+def paired_rows(denoiser, prompts: list[str], guides: list[str], tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows (c_i, c*_i): for each prompt pair, the tail positions aligned at the last real tokens (as
+    the reference does, dropping the overhang), plus every earlier position when `tokens="all"` and the
+    two prompts have the same length."""
+    emb, last = _encoded(denoiser, prompts)
+    emb_g, last_g = _encoded(denoiser, guides)
+    length = emb.shape[1]
+    rows, rows_g = [], []
+    for e, g, i, j in zip(emb, emb_g, last.tolist(), last_g.tolist(), strict=True):
+        span = length - max(i, j)
+        whole = tokens == "all" and i == j
+        rows.append(e[:i + span] if whole else e[i:i + span])
+        rows_g.append(g[:j + span] if whole else g[j:j + span])
+    return torch.cat(rows), torch.cat(rows_g)
 
 
 def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_preserve: torch.Tensor,
@@ -47,10 +69,9 @@ def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_
 
 @torch.no_grad()
 def uce(denoiser, spec: ConceptSpec, cfg: UCEConfig, **_) -> None:
-    c_erase = last_token_embeddings(denoiser, spec.target_prompts)
-    c_guide = last_token_embeddings(denoiser, spec.anchor_prompts)
-    c_preserve = (last_token_embeddings(denoiser, spec.retain_prompts) if spec.retain_prompts
-                  else c_erase.new_zeros(0, c_erase.shape[1]))
+    c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
+    c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
+                  if spec.retain_prompts else c_erase.new_zeros(0, c_erase.shape[1]))
     for W in denoiser.parameters(cfg.group).values():
         if W.ndim == 2:
             W.copy_(uce_weight(W, c_erase, c_guide, c_preserve, cfg))
