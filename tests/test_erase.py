@@ -137,3 +137,14 @@ def test_the_world_vocabulary_is_found_on_either_side_of_a_comparison(tmp_path, 
     assert vocabulary_source(str(world_erasure), "embedded") == "embedded"
     assert vocabulary_source(str(tiny_dir), str(tiny_dir)) == str(tiny_dir)  # neither: the base's words
     assert compositional_prompts(str(world_erasure), "star") and not compositional_prompts(str(tiny_dir), "star")
+
+
+def test_peak_rss_can_be_restarted_for_one_phase():
+    from score_erasure.provenance import peak_rss_mb, reset_peak_rss
+
+    big = np.ones(200 * 2**20 // 8)  # 200 MB resident
+    with_big = peak_rss_mb()
+    del big
+    if not reset_peak_rss():
+        pytest.skip("this OS cannot reset the peak-RSS count")
+    assert peak_rss_mb() < with_big - 150
