@@ -184,17 +184,23 @@ def world_train(
     config: Annotated[Path | None, typer.Option(help="JSON file overriding TrainConfig fields.")] = None,
     install: Annotated[bool, typer.Option(help="Copy the trained weights into the package (half precision).")]
     = False,
+    arch: Annotated[str, typer.Option(help="'sd': the embedded model's VAE and UNet; 'flux': embedded-flux's "
+                                           "transformer, on the shipped VAE.")] = "sd",
 ) -> None:
-    """Train the embedded model's VAE and UNet on the rendered world (about 1h45 on 2 CPU cores)."""
+    """Train an embedded model on the rendered world (sd: about 1h45 on 2 CPU cores)."""
     from score_erasure.toyworld.train import TrainConfig, install_weights, train
 
+    if arch not in ("sd", "flux"):
+        raise UserError(f"unknown --arch '{arch}'; choose sd or flux")
     cfg = TrainConfig(**(json.loads(config.read_text()) if config else {}))
     if (out / "train.json").exists() and not resume:
         raise UserError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
-    record = train(out, cfg, resume=resume)
+    record = train(out, cfg, resume=resume, arch=arch)
+    if not record.get("complete"):
+        raise UserError(f"training stopped before the end; continue it with --resume --out {out}")
     console.print_json(data={"seconds": record["seconds"], "parameters": record["parameters"]})
     if install:
-        install_weights(out)
+        install_weights(out, arch=arch)
         console.print("installed weights into the package")
 
 

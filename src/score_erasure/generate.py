@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.progress import progress_bar
 
@@ -34,11 +35,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
              prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
     """Images as uint8 of shape (len(prompts), len(seeds), H, W, 3); deterministic for given seeds on CPU.
 
-    With `prompt_embeds` (len(prompts), L, D), prompt i is drawn from that conditioning (an attack's
-    optimised tokens) and `prompts` are only its labels."""
+    With `prompt_embeds` (len(prompts), ...), a conditioning as the pipeline's Denoiser encodes it, prompt i is
+    drawn from that conditioning (an attack's optimised tokens) and `prompts` are only its labels."""
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")
     jobs = [(i, s) for i in range(len(prompts)) for s in seeds]
+    denoiser = denoiser_for(pipe)  # knows how this pipeline family takes prompts and guidance
     out: list[np.ndarray] = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("generate", total=len(jobs), info="", visible=show_progress)
@@ -46,10 +48,9 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
             chunk = jobs[i:i + batch_size]
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
             rows = [row for row, _ in chunk]
-            inputs = {"prompt": [prompts[row] for row in rows]} if prompt_embeds is None \
-                else {"prompt_embeds": prompt_embeds[rows]}
-            images = pipe(**inputs, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
-                          output_type="np").images
+            inputs = denoiser.pipeline_inputs(guidance, prompts=[prompts[row] for row in rows]) \
+                if prompt_embeds is None else denoiser.pipeline_inputs(guidance, cond=prompt_embeds[rows])
+            images = pipe(**inputs, generator=generators, num_inference_steps=steps, output_type="np").images
             out.append(np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8))
             bar.update(task, advance=len(chunk))
     arr = np.concatenate(out)

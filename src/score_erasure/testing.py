@@ -11,26 +11,78 @@ import torch
 def tiny_sd_pipeline(seed: int = 0, latent_size: int = 8, prediction_type: str = "epsilon"):
     """A StableDiffusionPipeline: tiny BERT encoder (the MiniLM tokenizer, offline), a UNet on 8x8 latents
     with cross-attention, a 3-level VAE making 32x32 images (which the world judge reads)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import BertTokenizer
 
     from score_erasure.toyworld.model import minilm_path
 
     torch.manual_seed(seed)
     tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=16)
-    encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                                   num_attention_heads=2, intermediate_size=32, max_position_embeddings=32),
-                        add_pooling_layer=False).eval()
+    encoder = _tiny_bert(tokenizer)
     unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=(8, 16),
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
                                 cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=32)
+    vae = tiny_vae()
     scheduler = DDIMScheduler(steps_offset=1, clip_sample=False, prediction_type=prediction_type)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_vae(shift_factor: float | None = None):
+    """A 3-level VAE making 32x32 images (which the world judge reads) from 8x8x4 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
+                         latent_channels=4, norm_num_groups=4, sample_size=32, shift_factor=shift_factor)
+
+
+def _tiny_bert(tokenizer, width: int = 16):
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=2 * width, max_position_embeddings=32),
+                     add_pooling_layer=False).eval()
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, encoders: str = "single"):
+    """A FLUX-architecture pipeline on 8x8x4 latents (16 packed tokens). `encoders="single"`: our
+    SingleEncoderFluxPipeline with a tiny BERT; `"clip+t5"`: diffusers' own FluxPipeline with tiny random
+    CLIPTextModel and T5EncoderModel (the MiniLM word-piece tokenizer stands in for both tokenizers, offline).
+    `guidance_embeds=True` builds a guidance-distilled model, as FLUX.1-dev."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from score_erasure.pipelines import SingleEncoderFluxPipeline
+    from score_erasure.toyworld.model import minilm_path
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                         pooled_projection_dim=16, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(2, 2, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=16)
+    if encoders == "single":
+        pipe = SingleEncoderFluxPipeline(scheduler=scheduler, vae=tiny_vae(0.0), text_encoder=_tiny_bert(tokenizer),
+                                         tokenizer=tokenizer, transformer=transformer, default_sample_size=8)
+    elif encoders == "clip+t5":
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                                            projection_dim=16, bos_token_id=tokenizer.cls_token_id,
+                                            eos_token_id=tokenizer.sep_token_id,
+                                            pad_token_id=tokenizer.pad_token_id)).eval()
+        t5 = T5EncoderModel(T5Config(vocab_size=tokenizer.vocab_size, d_model=16, d_ff=32, d_kv=8, num_layers=1,
+                                     num_heads=2)).eval()
+        pipe = FluxPipeline(scheduler=scheduler, vae=tiny_vae(0.0), text_encoder=clip, tokenizer=tokenizer,
+                            text_encoder_2=t5, tokenizer_2=tokenizer, transformer=transformer)
+        pipe.default_sample_size = 8  # 32-pixel images, as the single-encoder pipeline
+    else:
+        raise ValueError(f"encoders must be 'single' or 'clip+t5', not {encoders!r}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

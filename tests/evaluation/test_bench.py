@@ -59,6 +59,21 @@ def test_bench_reports_every_method_and_survives_a_failure(methods_module, tiny_
     assert (out / "none" / "report.html").is_file() and (out / "noise" / "report.json").is_file()
 
 
+def test_resume_keeps_finished_rows_and_reruns_changed_ones(methods_module, tiny_model_dir, small_protocol, tmp_path,
+                                                            monkeypatch):
+    out, calls = tmp_path / "bench", []
+    kwargs = dict(task="object", protocol_path=small_protocol("object", "star"), cache_dir=tmp_path / "cache")
+    first = bench(str(tiny_model_dir), "star", ["noise"], out, **kwargs)
+    monkeypatch.setattr(bench_mod, "_run_method", lambda name, *a, **k: calls.append(name) or first[0])
+    again = bench(str(tiny_model_dir), "star", ["noise", "broken"], out, resume=True, **kwargs)
+    assert calls == ["broken"]  # noise was finished; broken had failed, so it has no saved row
+    assert again[0] == first[0]
+    bench(str(tiny_model_dir), "star", ["noise"], out, resume=True, attacks=["paraphrase"], **kwargs)
+    assert calls == ["broken", "noise"]  # another attack list: the saved row does not answer it
+    bench(str(tiny_model_dir), "star", ["noise"], out, **kwargs)
+    assert calls == ["broken", "noise", "noise"]  # without --resume everything runs
+
+
 def test_unknown_method_lists_the_valid_ones(tmp_path):
     with pytest.raises(UserError, match="unknown method 'esdx'; choose one or more of: none"):
         bench("embedded", "star", ["none", "esdx"], tmp_path, task="object")

@@ -25,3 +25,26 @@ def test_resumed_run_equals_straight_run(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert "versions" in resumed and resumed["config"]["unet_steps"] == 4
+
+
+def test_flux_training_resumes_exactly_and_installs_a_loadable_model(tmp_path):
+    import shutil
+
+    from score_erasure.generate import generate
+    from score_erasure.toyworld.model import WEIGHTS_DIR, load_embedded_flux
+    from score_erasure.toyworld.train import install_weights
+
+    cfg = TINY.model_copy(update={"flux_steps": 4, "flux_batch": 2})
+    assert train(tmp_path / "a", cfg, arch="flux")["complete"]
+    assert not train(tmp_path / "b", cfg, arch="flux", max_steps=3)["complete"]
+    record = train(tmp_path / "b", cfg, arch="flux", resume=True)
+    assert record["complete"] and record["parameters"]["flux"] > 0 and "vae" not in record["seconds"]
+    name = "flux/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR / "vae", weights / "vae")
+    install_weights(tmp_path / "b", weights, arch="flux")
+    pipe = load_embedded_flux(weights)
+    assert generate(pipe, ["a red star"], [0], steps=2, show_progress=False).shape == (1, 1, 32, 32, 3)

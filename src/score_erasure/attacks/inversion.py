@@ -66,7 +66,7 @@ def soft_prompt_steps(denoiser, prompt: TokenPrompt, v: torch.Tensor, x_tgt: tor
 
 
 def initial_vectors(denoiser, word: str, n_tokens: int) -> torch.Tensor:
-    tokenizer = denoiser.pipe.tokenizer
+    tokenizer = denoiser.tokenizer
     first = (text_ids(tokenizer, word) or text_ids(tokenizer, PLACEHOLDER_TEXT))[0]
     return table(denoiser).weight[first].detach().expand(n_tokens, -1).clone()
 

@@ -44,7 +44,7 @@ def p4d_prompt(denoiser, prompt: str, cfg: P4DConfig) -> TokenPrompt:
     """P4D-N: `n_tokens` learned tokens alone; P4D-K: one learned token after every K tokens of the prompt."""
     if cfg.insert_every == 0:
         return token_prompt(denoiser, [cfg.n_tokens])
-    words = text_ids(denoiser.pipe.tokenizer, prompt)
+    words = text_ids(denoiser.tokenizer, prompt)
     parts: list[list[int] | int] = []
     for start in range(0, len(words), cfg.insert_every):
         parts += [words[start:start + cfg.insert_every], 1]
@@ -86,4 +86,4 @@ def p4d(ctx: AttackContext, prompt: str, index: int, cfg: P4DConfig) -> Found:
             candidates.append(vocab.nearest(P_cont))
     token_ids, _ = best_tokens(candidates, lambda ids: loss(P_star.with_tokens(ids), None, fixed, fixed_reference))
     found = P_star.with_tokens(token_ids)
-    return Found(found, found.text(d.pipe.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return Found(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)

@@ -86,4 +86,4 @@ def ring_a_bell(ctx: AttackContext, prompt: str, index: int, cfg: RingABellConfi
             population = torch.cat([population, children])
             distance = torch.cat([distance, _distance(d, P_tilde, children, target)])
     found = P_tilde.with_tokens(population[0])
-    return Found(found, found.text(d.pipe.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return Found(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)

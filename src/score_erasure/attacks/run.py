@@ -149,7 +149,7 @@ def attack_pipeline(subject: Subject, attack: Attack, cfg, protocol: Protocol, c
     denoiser, base = denoiser_for(subject.pipe), denoiser_for(subject.base_pipe)
     for d in (denoiser, base):  # attacks optimise prompts, never weights
         d.network.requires_grad_(False)
-        d.pipe.text_encoder.requires_grad_(False)
+        d.text_encoder.requires_grad_(False)
     ctx = AttackContext(denoiser, base, judge, detect, protocol.sampling, spec, groups["target"],
                         groups["generality"], compositional)
     pre_hits, pre_rows = _unattacked(subject, protocol, groups["target"], judge, detect, cache, out)

@@ -25,7 +25,7 @@ _NOT_WORDS = re.compile(r"^\[unused\d+\]$|^<\|.*\|>$|^\[[A-Z]+\]$")
 
 def table(denoiser) -> nn.Embedding:
     """The text encoder's input-embedding table (vocabulary x width)."""
-    return denoiser.pipe.text_encoder.get_input_embeddings()
+    return denoiser.text_encoder.get_input_embeddings()
 
 
 def text_ids(tokenizer, text: str) -> list[int]:
@@ -75,7 +75,7 @@ def token_prompt(denoiser, parts: Sequence[str | int | list[int]]) -> TokenPromp
     the prompt.
 
     Special tokens and padding follow the tokenizer, as the pipeline's own tokenisation does."""
-    tokenizer = denoiser.pipe.tokenizer
+    tokenizer = denoiser.tokenizer
     placeholder = text_ids(tokenizer, PLACEHOLDER_TEXT)[0]
     body: list[int] = []
     slots: list[int] = []
@@ -105,7 +105,7 @@ class Vocabulary:
     """The tokens an attack may place (every token but special and unused ones) and their input embeddings."""
 
     def __init__(self, denoiser):
-        tokenizer = denoiser.pipe.tokenizer
+        tokenizer = denoiser.tokenizer
         size = min(len(tokenizer), table(denoiser).num_embeddings)
         names = tokenizer.convert_ids_to_tokens(list(range(size)))
         special = set(tokenizer.all_special_ids)
@@ -126,7 +126,7 @@ class Vocabulary:
 
 def exact_text(denoiser, prompt: TokenPrompt) -> bool:
     """Whether the decoded text tokenises back to the same ids (so the text alone reproduces the attack)."""
-    tokenizer = denoiser.pipe.tokenizer
+    tokenizer = denoiser.tokenizer
     again = tokenizer(prompt.text(tokenizer), padding="max_length", max_length=tokenizer.model_max_length,
                       truncation=True, return_tensors="pt").input_ids
     return bool(torch.equal(again, prompt.ids))

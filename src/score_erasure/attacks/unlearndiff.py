@@ -98,4 +98,4 @@ def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffCon
             candidates.append(vocab.ids[u.detach().argmax(-1)])
     token_ids, _ = best_tokens(candidates, fixed_loss)
     found = base_prompt.with_tokens(token_ids)
-    return Found(found, found.text(d.pipe.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return Found(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)

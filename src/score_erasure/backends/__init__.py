@@ -7,14 +7,19 @@ from score_erasure.errors import UserError
 
 
 def denoiser_for(pipe) -> Denoiser:
-    """The Denoiser that drives `pipe` (Stable Diffusion family for now)."""
-    from diffusers import StableDiffusionPipeline
-
-    from score_erasure.backends.sd import SDDenoiser
+    """The Denoiser that drives `pipe`: Stable Diffusion family or FLUX family."""
+    from diffusers import FluxPipeline, StableDiffusionPipeline
 
     if isinstance(pipe, StableDiffusionPipeline):
+        from score_erasure.backends.sd import SDDenoiser
+
         return SDDenoiser(pipe)
-    raise UserError(f"no erasure backend for {type(pipe).__name__} yet; supported: StableDiffusionPipeline")
+    if isinstance(pipe, FluxPipeline):
+        from score_erasure.backends.flux import FluxDenoiser
+
+        return FluxDenoiser(pipe)
+    raise UserError(f"no erasure backend for {type(pipe).__name__} yet; supported: StableDiffusionPipeline, "
+                    "FluxPipeline")
 
 
 __all__ = ["GROUPS", "Denoiser", "denoiser_for"]

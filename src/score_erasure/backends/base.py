@@ -29,12 +29,29 @@ class Denoiser(ABC):
     XATTN: str
     #: attribute of the pipeline that holds the network (`unet`, `transformer`)
     network_attr: str
+    #: whether the `xattn-kv` projections read `encode`'s output itself (SD's cross-attention), so that closed
+    #: forms over text embeddings (UCE) apply; FLUX's text stream is transformed by every block before them
+    kv_reads_conditioning: bool = True
 
     def __init__(self, pipe, network: nn.Module | None = None):
         self.pipe = pipe
         self.network = network if network is not None else getattr(pipe, self.network_attr)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
     # --- prompts -------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The tokenizer of the text encoder that attacks optimise through (`encode_embeddings`)."""
+        return self.pipe.tokenizer
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        """The text encoder whose input embeddings attacks optimise."""
+        return self.pipe.text_encoder
+
     @abstractmethod
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Conditioning for each prompt (no gradient: text encoders are frozen)."""
@@ -45,6 +62,13 @@ class Denoiser(ABC):
         """Conditioning from token embeddings, with gradient: what `encode` computes for the tokens
         `input_ids`, with the text encoder's input-embedding lookup replaced by `inputs_embeds` (B, L, width).
         Attacks optimise prompts through it."""
+
+    @abstractmethod
+    def pipeline_inputs(self, guidance: float, prompts: list[str] | None = None,
+                        cond: torch.Tensor | None = None) -> dict:
+        """Keyword arguments for the pipeline's own `__call__` that draw `prompts` (or the conditioning `cond`
+        of `encode`/`encode_embeddings`) with classifier-free guidance `guidance`: generation runs through the
+        pipeline, so its images are what a user of the pipeline gets."""
 
     # --- one network evaluation -----------------------------------------------------------------
     @abstractmethod
@@ -105,8 +129,23 @@ class Denoiser(ABC):
 
     def frozen_copy(self) -> Denoiser:
         """The same model with a frozen deep copy of the network: epsilon_0 of the methods' equations."""
-        network = copy.deepcopy(self.network).requires_grad_(False).eval()
-        return type(self)(self.pipe, network)
+        twin = copy.copy(self)
+        twin.network = copy.deepcopy(self.network).requires_grad_(False).eval()
+        return twin
 
     def unconditional(self, n: int = 1) -> torch.Tensor:
         return self.encode([""] * n)
+
+
+def encode_with_input_embeddings(encoder: nn.Module, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
+                                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The encoder's last hidden states for `input_ids` with its input-embedding lookup replaced by
+    `inputs_embeds`. CLIP's text model takes no `inputs_embeds` (it needs the ids to find the end token), so the
+    embedding table's output is replaced for this one call: one code path for BERT, CLIP and T5."""
+    device = next(encoder.parameters()).device
+    handle = encoder.get_input_embeddings().register_forward_hook(lambda _module, _args, _out: inputs_embeds)
+    try:
+        mask = None if attention_mask is None else attention_mask.to(device)
+        return encoder(input_ids.to(device), attention_mask=mask)[0]
+    finally:
+        handle.remove()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from score_erasure.backends.base import Denoiser
+from score_erasure.backends.base import Denoiser, encode_with_input_embeddings
 
 
 class SDDenoiser(Denoiser):
@@ -21,27 +21,20 @@ class SDDenoiser(Denoiser):
         self.alphas_cumprod = DDIMScheduler.from_config(self.scheduler_config).alphas_cumprod
         self.prediction_type = self.scheduler_config.prediction_type
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
         return embeds
 
     def encode_embeddings(self, input_ids, inputs_embeds, attention_mask=None):
-        # CLIP's text model takes no `inputs_embeds` (it needs the ids to find the end token), so the
-        # embedding table's output is replaced for this one call: the same code path for BERT and CLIP.
         encoder = self.pipe.text_encoder
-        use_mask = getattr(encoder.config, "use_attention_mask", False) and attention_mask is not None
-        handle = encoder.get_input_embeddings().register_forward_hook(lambda _module, _args, _out: inputs_embeds)
-        try:
-            out = encoder(input_ids.to(self.device), attention_mask=attention_mask.to(self.device) if use_mask
-                          else None)[0]
-        finally:
-            handle.remove()
+        use_mask = getattr(encoder.config, "use_attention_mask", False)  # as the pipeline's encode_prompt decides
+        out = encode_with_input_embeddings(encoder, input_ids, inputs_embeds, attention_mask if use_mask else None)
         return out.to(encoder.dtype)  # as encode_prompt casts
+
+    def pipeline_inputs(self, guidance, prompts=None, cond=None):
+        inputs = {"prompt": list(prompts)} if cond is None else {"prompt_embeds": cond}
+        return {**inputs, "guidance_scale": guidance}
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(len(x_t))

@@ -4,12 +4,14 @@ Methods are found by name in one table: `none` (the unmodified model) here, plus
 `score_erasure.methods` exports as `ERASERS`, a dict name -> callable(pipe, ErasureRequest) -> erased
 pipeline. The request names the task and concept only, never the protocol's prompts, so no method trains on
 the prompts it is scored on; a method builds its own ConceptSpec from the concept's vocabulary. A method
-that raises becomes a failed row with its error; the others still run.
+that raises becomes a failed row with its error; the others still run. Each finished row is saved at once
+(`<method>/row.json`, keyed by everything that determines it), so `--resume` skips what a killed run finished.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -96,6 +98,24 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
     return found
 
 
+def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attacks: list[str],
+             variant: tuple[str, dict] | None) -> dict:
+    """Everything a finished row depends on: a saved row is reused only when all of it is unchanged."""
+    from score_erasure.provenance import versions
+
+    return {"method": name, "variant": list(variant) if variant else None, "task": request.task,
+            "concept": request.concept, "base_hash": base.hash, "protocol_hash": protocol.hash,
+            "attacks": list(attacks), "versions": versions()}
+
+
+def _saved_row(folder: Path, key: dict) -> BenchRow | None:
+    path = folder / "row.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return BenchRow(**saved["row"]) if saved.get("key") == key else None
+
+
 def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, base: Sampled, protocol,
                 scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = ()) -> BenchRow:
     start = time.time()
@@ -124,10 +144,12 @@ def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, 
 def bench(model: str, concept: str, methods: list[str], out: Path, task: str | None = None,
           protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
           fid_features: Path | None = None, clip_model: str | None = None, command: str = "",
-          attacks: list[str] | None = None, variants: dict[str, tuple[str, dict]] | None = None) -> list[BenchRow]:
+          attacks: list[str] | None = None, variants: dict[str, tuple[str, dict]] | None = None,
+          resume: bool = False) -> list[BenchRow]:
     """Evaluate every method against `model` (the base); writes results.md, results.json, results.png and one
     report folder per method under `out`. Each of `attacks` adds an ASR column (`asr_<attack>`). `variants`
-    adds rows `label -> (method, config overrides)`: an ablation is a variant of a method."""
+    adds rows `label -> (method, config overrides)`: an ablation is a variant of a method. With `resume`, a
+    method whose saved row matches this run (same base, protocol, attacks, variant, versions) is not rerun."""
     start = time.time()
     registry = method_registry()
     unknown = [m for m in methods if m not in registry]
@@ -159,10 +181,17 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     base_pipe = load_pipeline(model)
     base = sample(base_pipe, model, model_hash(model), protocol, concept, cache)
     for i, name in enumerate(methods, 1):
+        key = _row_key(name, request, base, protocol, attacks, variants.get(name))
+        saved = _saved_row(Path(out) / name, key) if resume else None
+        if saved is not None:
+            status.log(f"bench [{i}/{len(methods)}]: {name} (done in an earlier run: kept)")
+            rows.append(saved)
+            continue
         status.log(f"bench [{i}/{len(methods)}]: {name}")
         try:
             rows.append(_run_method(name, registry[name], request, model, base, protocol, scorers, Path(out), config,
                                     base_pipe, attacks))
+            atomic_write_json(Path(out) / name / "row.json", {"key": key, "row": asdict(rows[-1])})
         except Exception as exc:  # a failed method is a row of the table, not the end of the run
             atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())
             first = str(exc).splitlines()[0] if str(exc) else ""

@@ -100,6 +100,8 @@ def register(app: typer.Typer) -> None:
                                                   "each.")] = "",
         variant: Annotated[list[str] | None, typer.Option(help="LABEL=METHOD:CONFIG (TOML/JSON): one more row, the "
                                                           "method with its config overridden; repeat.")] = None,
+        resume: Annotated[bool, typer.Option(help="Keep the rows that an earlier run into --out finished with the "
+                                                  "same base, protocol, attacks and versions.")] = False,
     ) -> None:
         """Erase the concept with each method and evaluate all of them against the same base, in one run."""
         from score_erasure.evaluation.bench import TABLE_METRICS, attack_columns, bench
@@ -109,7 +111,7 @@ def register(app: typer.Typer) -> None:
         command = shlex.join(["score", *sys.argv[1:]])
         rows = bench(model, concept, names, out, task=task, protocol_path=protocol, cache_dir=cache_dir,
                      use_cache=cache, fid_features=fid_features, clip_model=clip_model, command=command,
-                     attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []))
+                     attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []), resume=resume)
         columns = TABLE_METRICS + attack_columns(attack_names)
         table = Table(title=f"bench: {concept} on {model}")
         for col in ("method", *columns, "erase s", "peak RSS MB", "status"):

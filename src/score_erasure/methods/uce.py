@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from score_erasure.errors import UserError
 from score_erasure.spec import ConceptSpec
 
 
@@ -69,6 +70,10 @@ def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_
 
 @torch.no_grad()
 def uce(denoiser, spec: ConceptSpec, cfg: UCEConfig, **_) -> None:
+    if not denoiser.kv_reads_conditioning:
+        raise UserError(f"uce edits projections that read the text encoder's states directly; on "
+                        f"{type(denoiser.pipe).__name__} they read a text stream that every block transforms: "
+                        "not supported yet (use score or esd-x)")
     c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
     c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
                   if spec.retain_prompts else c_erase.new_zeros(0, c_erase.shape[1]))

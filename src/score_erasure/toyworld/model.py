@@ -1,8 +1,13 @@
-"""Architecture of the embedded model: a genuine diffusers StableDiffusionPipeline at toy scale.
+"""Architecture of the embedded models: genuine diffusers pipelines at toy scale.
 
-The text encoder is the real pretrained all-MiniLM-L6-v2 (BertModel), frozen as SD freezes CLIP; the
-VAE and UNet are trained on the rendered world by `train.py`. V-prediction with a cosine schedule:
-epsilon-prediction at this scale stayed noise for hundreds of steps (see docs/embedded-model.md).
+`embedded`: a StableDiffusionPipeline. The text encoder is the real pretrained all-MiniLM-L6-v2 (BertModel),
+frozen as SD freezes CLIP; the VAE and UNet are trained on the rendered world by `train.py`. V-prediction
+with a cosine schedule: epsilon-prediction at this scale stayed noise for hundreds of steps (see
+docs/embedded-model.md).
+
+`embedded-flux`: the FLUX architecture (FluxTransformer2DModel, rectified flow, FluxPipeline's shifted
+schedule) in a SingleEncoderFluxPipeline: the same frozen MiniLM gives the token states and the pooled vector,
+and the same VAE (its latents are the world's either way); only the transformer is trained for it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import BertModel, BertTokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -51,6 +64,24 @@ SCHEDULER_CONFIG = dict(
     prediction_type="v_prediction",
     clip_sample=False,
 )
+
+
+FLUX_TRANSFORMER_CONFIG = dict(
+    patch_size=1,
+    in_channels=16,  # 4 latent channels in 2x2 patches: 16 tokens for an 8x8 latent
+    num_layers=2,  # double-stream (joint text-image attention) blocks
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=3,
+    joint_attention_dim=384,  # MiniLM's width
+    pooled_projection_dim=384,
+    guidance_embeds=False,  # trained with caption dropout for true classifier-free guidance, like SD
+    axes_dims_rope=(8, 12, 12),
+)
+
+# FLUX.1's scheduler: sigmas shifted by mu, which calculate_shift takes from the image's token count.
+FLUX_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                             max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
 
 
 def minilm_path() -> Path:
@@ -108,6 +139,36 @@ def load_embedded(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch.fl
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=dtype)
     unet = UNet2DConditionModel.from_pretrained(weights_dir / "unet", dtype=dtype)
     pipe = assemble(vae, unet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def new_flux_transformer() -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG)
+
+
+def assemble_flux(vae: AutoencoderKL, transformer: FluxTransformer2DModel):
+    """A SingleEncoderFluxPipeline from the world's VAE, a transformer and the frozen MiniLM encoder."""
+    from score_erasure.pipelines import SingleEncoderFluxPipeline
+
+    encoder, tokenizer = load_text_encoder()
+    vae.register_to_config(shift_factor=0.0)  # FluxPipeline decodes latents / scale + shift
+    latent_size = UNET_CONFIG["sample_size"]
+    return SingleEncoderFluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG), vae=vae,
+                                     text_encoder=encoder, tokenizer=tokenizer, transformer=transformer,
+                                     default_sample_size=latent_size)
+
+
+def load_embedded_flux(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch.float32):
+    """The shipped FLUX-architecture embedded model (the shared VAE, the flux transformer)."""
+    from score_erasure.errors import UserError
+
+    if not (weights_dir / "flux" / "config.json").is_file():
+        raise UserError("the embedded-flux weights are not installed; train them with "
+                        "`score world train --arch flux --install`")
+    vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(weights_dir / "flux", dtype=dtype)
+    pipe = assemble_flux(vae, transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

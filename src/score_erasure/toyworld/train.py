@@ -1,4 +1,5 @@
-"""Training of the embedded model: render a pool of scenes, fit the VAE, then the UNet on its latents.
+"""Training of the embedded models: render a pool of scenes, fit the VAE, then the UNet on its latents
+(`arch="sd"`); or, for embedded-flux (`arch="flux"`), a FLUX transformer on the latents of the shipped VAE.
 
 Every stage checkpoints into the run directory and `resume=True` continues where it stopped. All
 randomness of step k is drawn from generators seeded by (seed, stage, k), so a resumed run takes the
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import FluxTransformer2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from pydantic import BaseModel, ConfigDict
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -45,6 +47,9 @@ class TrainConfig(BaseModel):
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    flux_steps: int = 12_000
+    flux_batch: int = 32
+    flux_lr: float = 5e-4
     checkpoint_every: int = 500
 
 
@@ -161,18 +166,38 @@ def encode_pool(vae, images: np.ndarray, batch: int = 512) -> tuple[torch.Tensor
 
 
 class _TextCache:
-    """Caption -> MiniLM states, through the pipeline's own encode_prompt so training sees what sampling sees."""
+    """Caption -> conditioning, through the pipeline's own encoding so training sees what sampling sees."""
 
-    def __init__(self, pipe):
-        self.pipe, self.cache = pipe, {}
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor]):
+        self.encode, self.cache = encode, {}
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         missing = sorted({p for p in prompts if p not in self.cache})
         if missing:
-            embeds, _ = self.pipe.encode_prompt(missing, "cpu", 1, False)
-            self.cache.update(zip(missing, embeds, strict=True))
+            self.cache.update(zip(missing, self.encode(missing), strict=True))
         return torch.stack([self.cache[p] for p in prompts])
+
+
+def _pool_latents(vae, images: np.ndarray, run_dir: Path) -> dict[str, torch.Tensor]:
+    """The pool's latent distributions, encoded once per run."""
+    path = run_dir / "latents.safetensors"
+    if not path.exists():
+        means, stds = encode_pool(vae, images)
+        save_tensors({"mean": means, "std": stds}, path, {})
+    return load_tensors(path)[0]
+
+
+def _captioned_batch(cfg: TrainConfig, rng: np.random.Generator, gen: torch.Generator, pool, scenes, characters,
+                     batch: int) -> tuple[torch.Tensor, list[str]]:
+    """A batch of clean latents (sampled from their posteriors) and their captions, some dropped for guidance."""
+    idx = rng.integers(len(scenes), size=batch)
+    prompts = [
+        "" if rng.random() < cfg.caption_dropout else captions.training_caption(rng, scenes[i], characters[i])
+        for i in idx
+    ]
+    index = torch.from_numpy(idx)
+    return pool["mean"][index] + pool["std"][index] * torch.randn(pool["mean"][index].shape, generator=gen), prompts
 
 
 def train_unet(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: Path, resume: bool,
@@ -180,14 +205,10 @@ def train_unet(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(run_dir / "vae")
-    latents_path = run_dir / "latents.safetensors"
-    if not latents_path.exists():
-        means, stds = encode_pool(vae, images)
-        save_tensors({"mean": means, "std": stds}, latents_path, {})
-    pool, _ = load_tensors(latents_path)
+    pool = _pool_latents(vae, images, run_dir)
     unet = model.new_unet()
     pipe = model.assemble(vae, unet)
-    text = _TextCache(pipe)
+    text = _TextCache(lambda prompts: pipe.encode_prompt(prompts, "cpu", 1, False)[0])
     noise_scheduler = model.training_scheduler()
     alphas = noise_scheduler.alphas_cumprod
     trainer = _Trainer("unet", unet, cfg.unet_lr, cfg.unet_steps, cfg.warmup_steps, run_dir,
@@ -197,15 +218,9 @@ def train_unet(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
 
     def loss_fn(step: int) -> torch.Tensor:
         rng, gen = _step_rng(cfg.seed, 2, step)
-        idx = rng.integers(len(scenes), size=cfg.unet_batch)
-        prompts = [
-            "" if rng.random() < cfg.caption_dropout else captions.training_caption(rng, scenes[i], characters[i])
-            for i in idx
-        ]
-        index = torch.from_numpy(idx)
-        x0 = pool["mean"][index] + pool["std"][index] * torch.randn(pool["mean"][index].shape, generator=gen)
+        x0, prompts = _captioned_batch(cfg, rng, gen, pool, scenes, characters, cfg.unet_batch)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
         x_t = noise_scheduler.add_noise(x0, noise, t)
         target = noise_scheduler.get_velocity(x0, noise, t)
         pred = unet(x_t, t, text(prompts)).sample
@@ -220,8 +235,49 @@ def train_unet(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
     return True
 
 
-def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> dict:
-    """Train the whole embedded model into `run_dir` (vae/ and unet/ diffusers folders); returns the record.
+def train_flux(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: Path, resume: bool,
+               budget: list[int] | None = None) -> bool:
+    """Rectified flow through the FLUX backend itself (packing, conditioning, x_t and target as sampling
+    sees them): sigma = shift(sigmoid(n)), n ~ N(0, 1) (SD3's logit-normal), shifted by the mu that the
+    sampler uses for this image size; loss ||v_theta(x_t, sigma, c) - (eps - x0)||^2."""
+    from diffusers import AutoencoderKL
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from score_erasure.backends.flux import FluxDenoiser
+
+    vae = AutoencoderKL.from_pretrained(model.WEIGHTS_DIR / "vae", dtype=torch.float32)
+    pool = _pool_latents(vae, images, run_dir)
+    transformer = model.new_flux_transformer()
+    denoiser = FluxDenoiser(model.assemble_flux(vae, transformer))
+    text = _TextCache(denoiser.encode)
+    sched = model.FLUX_SCHEDULER_CONFIG
+    tokens = (pool["mean"].shape[-1] // 2) ** 2
+    shift = float(np.exp(calculate_shift(tokens, sched["base_image_seq_len"], sched["max_image_seq_len"],
+                                         sched["base_shift"], sched["max_shift"])))
+    trainer = _Trainer("flux", transformer, cfg.flux_lr, cfg.flux_steps, cfg.warmup_steps, run_dir,
+                       cfg.checkpoint_every, ema_decay=cfg.ema_decay)
+    if resume:
+        trainer.resume()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        rng, gen = _step_rng(cfg.seed, 3, step)
+        x0, prompts = _captioned_batch(cfg, rng, gen, pool, scenes, characters, cfg.flux_batch)
+        noise = torch.randn(x0.shape, generator=gen)
+        u = torch.sigmoid(torch.randn(len(x0), generator=gen))
+        t = 1000 * shift * u / (1 + (shift - 1) * u)
+        x_t = denoiser.add_noise(x0, noise, t)
+        return F.mse_loss(denoiser.predict(x_t, t, text(prompts)), denoiser.target(x0, noise, t))
+
+    if not trainer.run(loss_fn, budget):
+        return False
+    trainer.trained().save_pretrained(run_dir / "flux")
+    return True
+
+
+def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
+          arch: str = "sd") -> dict:
+    """Train an embedded model into `run_dir`; returns the record. `arch="sd"`: the VAE and the UNet (vae/ and
+    unet/ diffusers folders); `arch="flux"`: the FLUX transformer (flux/) on the shipped VAE's latents.
 
     `max_steps` caps the optimisation steps of this call (over both stages), leaving a checkpoint that
     `resume=True` continues from: long training split over several sessions."""
@@ -236,7 +292,7 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
         start = time.time()
         done = fn()
         record["seconds"][stage] = record["seconds"].get(stage, 0.0) + time.time() - start
-        record["complete"] = done and stage == "unet"
+        record["complete"] = done and stage in ("unet", "flux")
         atomic_write_json(record_path, record)
         return done
 
@@ -244,25 +300,34 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
     images, scenes, characters = captions.make_dataset(cfg.pool_size, cfg.seed, cfg.character_rate,
                                                        cfg.fire_rate)
     record["seconds"]["render"] = record["seconds"].get("render", 0.0) + time.time() - start
-    if not (run_dir / "vae" / "config.json").exists():
-        if not timed("vae", lambda: train_vae(cfg, _to_unit(images), run_dir, resume, budget)):
-            return record
-    if not (run_dir / "unet" / "config.json").exists():
-        if not timed("unet", lambda: train_unet(cfg, images, scenes, characters, run_dir, resume, budget)):
-            return record
+    if arch == "flux":
+        if not (run_dir / "flux" / "config.json").exists():
+            if not timed("flux", lambda: train_flux(cfg, images, scenes, characters, run_dir, resume, budget)):
+                return record
+        record["parameters"] = {"flux": model.count_parameters(model.new_flux_transformer())}
+    else:
+        if not (run_dir / "vae" / "config.json").exists():
+            if not timed("vae", lambda: train_vae(cfg, _to_unit(images), run_dir, resume, budget)):
+                return record
+        if not (run_dir / "unet" / "config.json").exists():
+            if not timed("unet", lambda: train_unet(cfg, images, scenes, characters, run_dir, resume, budget)):
+                return record
+        record["parameters"] = {"vae": model.count_parameters(model.new_vae()),
+                                "unet": model.count_parameters(model.new_unet())}
     record["complete"] = True
-    record["parameters"] = {"vae": model.count_parameters(model.new_vae()),
-                            "unet": model.count_parameters(model.new_unet())}
     atomic_write_json(record_path, record)
     return record
 
 
-def install_weights(run_dir: Path, weights_dir: Path = model.WEIGHTS_DIR) -> None:
-    """Copy a finished run's VAE and UNet into the package, in half precision (safetensors)."""
+def install_weights(run_dir: Path, weights_dir: Path = model.WEIGHTS_DIR, arch: str = "sd") -> None:
+    """Copy a finished run's networks into the package, in half precision (safetensors): the VAE and UNet, or
+    for `arch="flux"` the transformer."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
+    parts = ((("flux", FluxTransformer2DModel),) if arch == "flux"
+             else (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)))
+    for name, cls in parts:
         module = cls.from_pretrained(run_dir / name).to(torch.float16)
         module.save_pretrained(weights_dir / name, safe_serialization=True)
     record = json.loads((run_dir / "train.json").read_text())
-    atomic_write_json(weights_dir / "train.json", record)
+    atomic_write_json(weights_dir / ("flux-train.json" if arch == "flux" else "train.json"), record)

@@ -1,0 +1,83 @@
+"""Pipeline classes this toolkit adds to diffusers.
+
+`SingleEncoderFluxPipeline`: FLUX's architecture (rectified-flow transformer with joint text-image
+attention) driven by ONE text encoder of any BERT-like kind, where FluxPipeline insists on CLIP for the
+pooled vector and T5 for the token states. The encoder's token states are the text stream and their
+masked mean (the sentence embedding all-MiniLM-L6-v2 was trained to produce) is the pooled vector. Everything
+else (packing, the shifted sigma schedule, the guidance embedding, decoding) is FluxPipeline's own code.
+Saved folders record this class in model_index.json; `models.load_pipeline` loads them.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from diffusers.image_processor import VaeImageProcessor
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token states over the real (unpadded) tokens: sentence-transformers' pooling."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class SingleEncoderFluxPipeline(FluxPipeline):
+    """FluxPipeline with one BERT-like text encoder (see the module docstring).
+
+    A transformer trained without a guidance embedding (`guidance_embeds=False`) needs true classifier-free
+    guidance: call it with `true_cfg_scale` and `negative_prompt=""`, as `generate` does."""
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components: list[str] = []
+
+    def __init__(self, scheduler: FlowMatchEulerDiscreteScheduler, vae: AutoencoderKL, text_encoder,
+                 tokenizer, transformer: FluxTransformer2DModel, default_sample_size: int | None = None):
+        DiffusionPipeline.__init__(self)
+        self.register_modules(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer)
+        self.register_to_config(default_sample_size=default_sample_size)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor * 2)
+        self.tokenizer_max_length = self.tokenizer.model_max_length
+        # FluxPipeline's 128 means 1024-pixel images; a small model sets its own latent size.
+        self.default_sample_size = default_sample_size or 128
+
+    # FluxPipeline reads these; a single encoder has no second one.
+    text_encoder_2 = None
+    tokenizer_2 = None
+    image_encoder = None
+    feature_extractor = None
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer_max_length,
+                              truncation=True, return_tensors="pt")
+
+    def encode_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token states, pooled vector) from token ids; the states carry gradient if the encoder does."""
+        device = self.text_encoder.device
+        states = self.text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]
+        return states, masked_mean(states, attention_mask.to(device))
+
+    def encode_prompt(self, prompt, prompt_2=None, device=None, num_images_per_prompt: int = 1,
+                      prompt_embeds=None, pooled_prompt_embeds=None, max_sequence_length: int = 512,
+                      lora_scale=None):
+        """FluxPipeline's contract: (token states, pooled vector, text position ids)."""
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+            tokens = self.tokenize(prompt)
+            with torch.no_grad():
+                prompt_embeds, pooled_prompt_embeds = self.encode_states(tokens.input_ids, tokens.attention_mask)
+        elif pooled_prompt_embeds is None:
+            raise ValueError("prompt_embeds without pooled_prompt_embeds: pass both (FluxPipeline's rule)")
+        dtype = self.transformer.dtype
+        prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, 0)
+        pooled_prompt_embeds = pooled_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, 0)
+        text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
+        return prompt_embeds, pooled_prompt_embeds, text_ids
