@@ -148,3 +148,16 @@ def test_peak_rss_can_be_restarted_for_one_phase():
     if not reset_peak_rss():
         pytest.skip("this OS cannot reset the peak-RSS count")
     assert peak_rss_mb() < with_big - 150
+
+
+def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(tiny_dir, tmp_path):
+    out = tmp_path / "dve"
+    delta = erase(str(tiny_dir), "dve", SPEC, out, show_progress=False)
+    assert delta.hooks == {"dve": {"strength": 1.0}} and set(delta.tensors) == {"hook.dve.concept", "hook.dve.anchor"}
+    base = generate(load_pipeline(str(tiny_dir)), ["a star"], [0, 1], steps=3, show_progress=False)
+    erased = generate(load_pipeline(str(out)), ["a star"], [0, 1], steps=3, show_progress=False)
+    assert not np.array_equal(base, erased)  # the hook was re-installed from the delta
+    with pytest.raises(UserError, match="inference time"):
+        erase(str(tiny_dir), "dve", SPEC, tmp_path / "m", merge=True, show_progress=False)
+    with pytest.raises(UserError, match="cannot be merged"):
+        ErasureDelta.load(out / "delta.safetensors").require_mergeable()

@@ -157,6 +157,7 @@ def merge_cmd(
     if not path.is_file():
         raise UserError(f"no delta at '{delta}'; pass an erase output folder or a delta.safetensors file")
     d = ErasureDelta.load(path)
+    d.require_mergeable()
     base = model or d.base_model
     pipe = load_pipeline(base)
     d.apply(pipe, base_hash=model_hash(base))

@@ -1,7 +1,9 @@
 """ErasureDelta: what a method changed, and nothing else, in one safetensors file.
 
 Only the tensors a method modified are stored (keyed by the network's parameter names), with the base
-model's id and content hash, so a delta is applied to exactly the model it was computed from.
+model's id and content hash, so a delta is applied to exactly the model it was computed from. A method that
+edits at inference time instead (DVE) stores its hook's tensors as `hook.<name>.<tensor>` and its settings in
+`hooks`; applying the delta re-installs the hook.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from score_erasure import __version__
 from score_erasure.errors import UserError
 from score_erasure.io import load_tensors, save_tensors
 
+HOOKS_ATTR = "_score_erasure_hooks"  # network attribute: name -> installed inference-time edit
+
+
+def installed_hooks(network) -> dict:
+    """The inference-time edits a method attached to a network, by name."""
+    return dict(network.__dict__.get(HOOKS_ATTR, {}))
+
 
 @dataclass
 class ErasureDelta:
@@ -26,17 +35,22 @@ class ErasureDelta:
     network: str = "unet"
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # e.g. the MI trace, timings
+    hooks: dict = field(default_factory=dict)  # inference-time edits: name -> settings
 
     @classmethod
-    def from_changes(cls, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], **meta) -> ErasureDelta:
-        """Keep the tensors of `after` that differ from `before`."""
+    def from_changes(cls, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], hooks: dict | None = None,
+                     **meta) -> ErasureDelta:
+        """Keep the tensors of `after` that differ from `before`, plus the state of installed `hooks`
+        (name -> hook with `tensors()` and `config()`)."""
         changed = {k: v.detach().clone() for k, v in after.items() if not torch.equal(v, before[k])}
-        return cls(tensors=changed, **meta)
+        for name, hook in (hooks or {}).items():
+            changed |= {f"hook.{name}.{k}": v.detach().clone() for k, v in hook.tensors().items()}
+        return cls(tensors=changed, hooks={name: hook.config() for name, hook in (hooks or {}).items()}, **meta)
 
     def metadata(self) -> dict:
         return {"method": self.method, "concepts": self.concepts, "base_model": self.base_model,
                 "base_hash": self.base_hash, "network": self.network, "config": self.config,
-                "extra": self.extra, "score_erasure_version": __version__}
+                "extra": self.extra, "hooks": self.hooks, "score_erasure_version": __version__}
 
     def save(self, path: Path) -> None:
         save_tensors(self.tensors, path, self.metadata())
@@ -58,10 +72,26 @@ class ErasureDelta:
                             "apply it to the model it was erased from")
         network = getattr(pipe, self.network)
         params = dict(network.named_parameters())
-        unknown = sorted(set(self.tensors) - set(params))
+        weights = {k: v for k, v in self.tensors.items() if not k.startswith("hook.")}
+        unknown = sorted(set(weights) - set(params))
         if unknown:
             raise UserError(f"delta names {len(unknown)} tensors the model lacks (e.g. '{unknown[0]}'); "
                             "it belongs to another architecture")
         with torch.no_grad():
-            for name, value in self.tensors.items():
+            for name, value in weights.items():
                 params[name].copy_(value.to(params[name].dtype))
+        if self.hooks:
+            from score_erasure.backends import denoiser_for
+            from score_erasure.methods import restore_hook
+
+            denoiser = denoiser_for(pipe)
+            for name, settings in self.hooks.items():
+                prefix = f"hook.{name}."
+                restore_hook(name, denoiser, {k[len(prefix):]: v for k, v in self.tensors.items()
+                                              if k.startswith(prefix)}, settings)
+
+    def require_mergeable(self) -> None:
+        """A hook is code, not weights: a pipeline saved with save_pretrained would silently lose it."""
+        if self.hooks:
+            raise UserError(f"'{self.method}' edits the model at inference time ({', '.join(self.hooks)} hook), "
+                            "so it cannot be merged into saved weights; pass the erase folder itself as --model")

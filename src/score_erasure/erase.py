@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from score_erasure.backends import denoiser_for
-from score_erasure.delta import ErasureDelta
+from score_erasure.delta import ErasureDelta, installed_hooks
+from score_erasure.errors import UserError
 from score_erasure.io import atomic_write_json
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
@@ -32,6 +33,9 @@ def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides:
           show_progress: bool = True) -> ErasureDelta:
     method = get_method(method_name)
     cfg = method.config(overrides)
+    if merge and not method.edits_weights:
+        raise UserError(f"'{method_name}' edits the model at inference time: there are no weights to merge; "
+                        "drop --merge and pass the erase folder itself as --model")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(getattr(cfg, "seed", 0))
@@ -45,7 +49,8 @@ def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides:
     seconds = time.time() - start
     denoiser.network.requires_grad_(False)
     after = dict(denoiser.network.named_parameters())
-    delta = ErasureDelta.from_changes(before, after, method=method_name, concepts=spec.concepts,
+    delta = ErasureDelta.from_changes(before, after, hooks=installed_hooks(denoiser.network), method=method_name,
+                                      concepts=spec.concepts,
                                       base_model=_model_id(model), base_hash=model_hash(model),
                                       network=denoiser.network_attr, config=cfg.model_dump(),
                                       extra={"seconds": seconds, **trace.info})

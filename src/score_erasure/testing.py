@@ -110,7 +110,8 @@ _FAST_SCORE = dict(iterations=2, steps=4, d_pretrain=2, saliency_seeds=(1, 2), s
 FAST_CONFIGS: dict[str, dict] = {"score": _FAST_SCORE, "ant": _FAST_SCORE,
                                  "score-robust": {**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1},
                                  "esd-x": dict(iterations=2, steps=4),
-                                 "esd-u": dict(iterations=2, steps=4), "uce": {}}
+                                 "esd-u": dict(iterations=2, steps=4), "esd": dict(iterations=2, steps=4),
+                                 "uce": {}, "dve": {}}
 #: Attack budgets that run in about a second per prompt on a tiny pipeline (its text encoder reads 16 tokens).
 FAST_ATTACK_CONFIGS: dict[str, dict] = {
     "unlearndiff": dict(iterations=3, target_images=1, batch=1, select_every=2),

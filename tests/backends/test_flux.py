@@ -79,8 +79,8 @@ def test_parameter_groups_are_the_text_stream_of_the_double_blocks(flux):
     assert set(denoiser.parameters("non-xattn")) == set(denoiser.parameters("full")) - set(xattn)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "uce"])
-def test_every_gradient_method_runs_on_flux_and_stays_in_its_group(name):
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.edits_weights])
+def test_every_weight_method_runs_on_flux_and_stays_in_its_group(name):
     pipe = tiny_flux_pipeline(0)
     denoiser, method = denoiser_for(pipe), get_method(name)
     cfg = method.config(FAST_CONFIGS[name])
@@ -90,9 +90,31 @@ def test_every_gradient_method_runs_on_flux_and_stays_in_its_group(name):
     assert changed and changed <= set(denoiser.parameters(cfg.group))
 
 
-def test_uce_says_it_does_not_support_flux_yet():
-    with pytest.raises(UserError, match="uce .*FluxPipeline they read .* not supported yet"):
-        get_method("uce").fit(denoiser_for(tiny_flux_pipeline(0)), SPEC, get_method("uce").config())
+def test_dve_edits_what_the_flux_pipeline_draws_for_the_concept():
+    pipe = tiny_flux_pipeline(0)
+    before = generate(pipe, ["a star"], [0, 1], steps=3, show_progress=False)
+    get_method("dve").fit(denoiser_for(pipe), SPEC, get_method("dve").config())
+    after = generate(pipe, ["a star"], [0, 1], steps=3, show_progress=False)
+    assert not (before == after).all()
+
+
+def test_uce_on_flux_maps_what_each_text_projection_reads_for_the_concept_onto_the_anchor():
+    from score_erasure.methods.uce import last_positions, layer_inputs, pair_rows
+
+    denoiser = denoiser_for(tiny_flux_pipeline(0))
+    cfg = get_method("uce").config({"samples": 2})
+    weights = {k.removesuffix(".weight"): v.detach().clone() for k, v in denoiser.parameters("xattn-kv").items()
+               if v.ndim == 2}
+    sets = [SPEC.target_prompts, SPEC.anchor_prompts]
+    inputs = layer_inputs(denoiser, list(weights), sets, cfg)
+    last = [last_positions(denoiser, p).repeat(cfg.samples) for p in sets]
+    get_method("uce").fit(denoiser, SPEC, cfg)
+    edited = {k.removesuffix(".weight"): v for k, v in denoiser.parameters("xattn-kv").items()}
+    for name, W in weights.items():
+        c, c_star = pair_rows(inputs[name][0], last[0], inputs[name][1], last[1], cfg.tokens)
+        assert c.shape[0] == 2 * len(sets[0]) * 16  # samples x prompts x text tokens (equal lengths: all positions)
+        before, after = (W @ c.T - W @ c_star.T).norm(), (edited[name] @ c.T - W @ c_star.T).norm()
+        assert after < 0.5 * before, name
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

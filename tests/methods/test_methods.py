@@ -15,7 +15,7 @@ def _changed(before, network):
     return {k for k, v in network.named_parameters() if not torch.equal(v, before[k])}
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.edits_weights])
 def test_method_changes_only_its_group(name, pipe, spec):
     method = get_method(name)
     cfg = method.config(FAST[name])
@@ -30,6 +30,9 @@ def test_method_changes_only_its_group(name, pipe, spec):
         assert all(re.search(r"attn2\.", k) for k in changed)
     if name == "esd-u":
         assert not any(re.search(r"attn2\.", k) for k in changed)
+    if name == "esd":  # LoRA adapters merged back: the plain layer names, only the text attention's weights
+        assert all(re.search(r"attn2\.to_(q|k|v|out\.0)\.weight$", k) for k in changed)
+        assert not any("lora" in k or "base_layer" in k for k, _ in denoiser.network.named_parameters())
     if name == "uce":
         assert all(re.search(r"attn2\.to_[kv]\.weight", k) for k in changed)
 
@@ -75,7 +78,7 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="choose one of: score, ant, esd-x, esd-u, uce"):
+    with pytest.raises(UserError, match="choose one of: score, ant, esd-x, esd-u, esd, uce, score-robust, dve"):
         get_method("esdx")
 
 
@@ -101,3 +104,34 @@ def test_score_without_an_early_stage_has_no_early_term(pipe, spec):
     trace = method.fit(denoiser_for(pipe), spec, method.config({**FAST["score"], "early_fraction": 0.0}),
                        show_progress=False)
     assert trace.series("early") == [0.0, 0.0] and all(v > 0 for v in trace.series("late"))
+
+
+def test_dve_removes_the_positive_component_along_the_concept_direction(pipe, spec):
+    denoiser = denoiser_for(pipe)
+    x, t = torch.randn(3, 4, 8, 8), denoiser.timesteps(4)[1]
+    cond = denoiser.encode(["a star", "a circle", "a picture of a star"])
+    plain = denoiser.predict(x, t, cond)
+    weights = {k: v.clone() for k, v in denoiser.network.state_dict().items()}
+    get_method("dve").fit(denoiser, spec, get_method("dve").config({"pairs": 2}))
+    edited = denoiser.predict(x, t, cond)
+    assert all(torch.equal(v, denoiser.network.state_dict()[k]) for k, v in weights.items())  # no weight moved
+    frozen = denoiser.frozen_copy()  # the copy carries the edit too, without copying the pipeline
+    torch.testing.assert_close(frozen.predict(x, t, cond), edited)
+    hook = next(iter(frozen.network.__dict__["_score_erasure_hooks"].values()))
+    with torch.no_grad():
+        hook.inside = True  # the raw network, to rebuild d by hand
+        raw = lambda c: frozen.predict(x, t, c.expand(3, *c.shape[1:]))  # noqa: E731
+        d = torch.stack([raw(c[None]) - raw(a[None]) for c, a in zip(hook.concept, hook.anchor, strict=True)]).mean(0)
+        hook.inside = False
+    along = (edited * d).flatten(1).sum(1)
+    assert torch.all(along <= 1e-4 * d.flatten(1).norm(dim=1) * edited.flatten(1).norm(dim=1))
+    moved = (edited - plain).flatten(1).norm(dim=1)
+    assert moved.max() > 0  # some prediction pointed along the concept and was projected
+
+
+def test_dve_strength_zero_changes_nothing(pipe, spec):
+    denoiser = denoiser_for(pipe)
+    x, t, cond = torch.randn(2, 4, 8, 8), denoiser.timesteps(4)[0], denoiser.encode(["a star", "a circle"])
+    plain = denoiser.predict(x, t, cond)
+    get_method("dve").fit(denoiser, spec, get_method("dve").config({"strength": 0.0}))
+    torch.testing.assert_close(denoiser.predict(x, t, cond), plain)

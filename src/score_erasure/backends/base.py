@@ -70,6 +70,11 @@ class Denoiser(ABC):
         of `encode`/`encode_embeddings`) with classifier-free guidance `guidance`: generation runs through the
         pipeline, so its images are what a user of the pipeline gets."""
 
+    @abstractmethod
+    def recondition(self, network_kwargs: dict, cond: torch.Tensor) -> dict:
+        """The network's keyword arguments (as the pipeline passed them) with the text inputs replaced by the
+        conditioning `cond`: how an inference-time edit re-evaluates the network at another prompt."""
+
     # --- one network evaluation -----------------------------------------------------------------
     @abstractmethod
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -97,6 +97,11 @@ class FluxDenoiser(Denoiser):
         count = len(prompts) if cond is None else len(cond)
         return {**inputs, "true_cfg_scale": guidance, "negative_prompt": [""] * count}
 
+    def recondition(self, network_kwargs, cond):
+        states, pooled = self.unpack(cond)
+        txt_ids = torch.zeros(states.shape[1], 3, device=states.device, dtype=states.dtype)
+        return {**network_kwargs, "encoder_hidden_states": states, "pooled_projections": pooled, "txt_ids": txt_ids}
+
     # --- one network evaluation -----------------------------------------------------------------
     def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         b, c, h, w = x_t.shape

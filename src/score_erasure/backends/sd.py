@@ -36,6 +36,9 @@ class SDDenoiser(Denoiser):
         inputs = {"prompt": list(prompts)} if cond is None else {"prompt_embeds": cond}
         return {**inputs, "guidance_scale": guidance}
 
+    def recondition(self, network_kwargs, cond):
+        return {**network_kwargs, "encoder_hidden_states": cond}
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(len(x_t))
         return self.network(x_t, t, encoder_hidden_states=cond).sample

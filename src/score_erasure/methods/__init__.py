@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from score_erasure.errors import UserError, validated_config
+from score_erasure.methods import dve as dve_module
+from score_erasure.methods.dve import DVEConfig, dve
 from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
@@ -26,6 +28,7 @@ class Method:
     config_class: type[BaseModel]
     preset: dict = field(default_factory=dict)
     summary: str = ""
+    edits_weights: bool = True  # False: an inference-time hook (saved in the delta, lost by save_pretrained)
 
     def config(self, overrides: dict | None = None) -> BaseModel:
         return validated_config(self.config_class, {**self.preset, **(overrides or {})}, self.name)
@@ -36,9 +39,20 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ant", score, ScoreConfig, {"adversarial": False}, "ANT: SCORE without the adversarial term"),
     Method("esd-x", esd, ESDConfig, {"group": "xattn"}, "ESD on cross-attention"),
     Method("esd-u", esd, ESDConfig, {"group": "non-xattn"}, "ESD on everything but cross-attention"),
+    Method("esd", esd, ESDConfig, {"group": "xattn", "lora_rank": 4, "lr": 1e-3},
+           "ESD as LoRA on the text attention, merged (EraseAnything's form, for FLUX)"),
     Method("uce", uce, UCEConfig, summary="UCE closed-form edit of cross-attention K/V"),
     Method("score-robust", score_robust, ScoreRobustConfig, summary="SCORE + prompts an inner attack finds on the fly"),
+    Method("dve", dve, DVEConfig, summary="DVE: training-free projection of the field off the concept direction",
+           edits_weights=False),
 )}
+
+
+def restore_hook(name: str, denoiser, tensors: dict, settings: dict) -> None:
+    """Re-install an inference-time edit saved in a delta (`ErasureDelta.hooks`)."""
+    if name != dve_module.DifferentialProjection.name:
+        raise UserError(f"this delta needs the '{name}' hook, which this version does not know; upgrade score-erasure")
+    dve_module.install(denoiser, tensors["concept"], tensors["anchor"], **settings)
 
 
 def get_method(name: str) -> Method:

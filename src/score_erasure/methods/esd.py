@@ -3,7 +3,9 @@
     L = || eps_theta(x_t, t, c) - [ eps_0(x_t, t, ∅) - eta (eps_0(x_t, t, c) - eps_0(x_t, t, ∅)) ] ||^2
 
 x_t is reached by sampling the model being trained on the concept prompt c for a random number of
-DDIM steps. ESD-x trains cross-attention (a prompt-specific erasure), ESD-u everything else (global).
+sampler steps. ESD-x trains cross-attention (a prompt-specific erasure), ESD-u everything else (global).
+On a flow model the same target is a velocity (affine in the noise, so the guidance algebra holds), and `esd`
+trains LoRA adapters (EraseAnything's recipe for FLUX) that are merged into the weights at the end.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
+from score_erasure.methods.loop import Checkpointing, Trace, finetune, lora_trainable, merge_lora, trainable
 from score_erasure.spec import ConceptSpec
 
 
@@ -26,13 +28,15 @@ class ESDConfig(BaseModel):
     eta: float = 1.0  # negative-guidance scale
     steps: int = 25  # DDIM schedule on which x_t is sampled
     start_guidance: float = 3.0
+    lora_rank: int = Field(0, ge=0)  # > 0: train rank-r LoRA adapters on the group instead of its weights
     seed: int = 0
 
 
 def esd(denoiser, spec: ConceptSpec, cfg: ESDConfig, checkpointing: Checkpointing | None = None,
         show_progress: bool = True) -> Trace:
     eps_0 = denoiser.frozen_copy()
-    params = trainable(denoiser, cfg.group)
+    params = (lora_trainable(denoiser, cfg.group, cfg.lora_rank, cfg.seed) if cfg.lora_rank
+              else trainable(denoiser, cfg.group))
     c = denoiser.encode(spec.target_prompts)
     uncond = denoiser.unconditional(1)
     timesteps = denoiser.timesteps(cfg.steps)
@@ -49,5 +53,8 @@ def esd(denoiser, spec: ConceptSpec, cfg: ESDConfig, checkpointing: Checkpointin
         loss = F.mse_loss(denoiser.predict(x_t, t, c_i), target)
         return loss, {"esd": loss.item()}
 
-    return finetune(params, step, cfg.iterations, cfg.lr, label=f"esd ({cfg.group})", checkpointing=checkpointing,
-                    show_progress=show_progress)
+    trace = finetune(params, step, cfg.iterations, cfg.lr, label=f"esd ({cfg.group})", checkpointing=checkpointing,
+                     show_progress=show_progress)
+    if cfg.lora_rank:
+        merge_lora(denoiser.network)
+    return trace

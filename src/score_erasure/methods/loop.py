@@ -113,3 +113,36 @@ def trainable(denoiser, group: str) -> dict[str, nn.Parameter]:
     for p in params.values():
         p.requires_grad_(True)
     return params
+
+
+LORA_ADAPTER = "erasure"
+
+
+def lora_trainable(denoiser, group: str, rank: int, seed: int = 0) -> dict[str, nn.Parameter]:
+    """Freeze the network and attach rank-`rank` LoRA adapters (peft) to the linear layers of `group`; returns
+    the adapters' parameters. The only way to fine-tune a 12B FLUX transformer on one GPU; `merge_lora` folds
+    them back into the weights, so the erased network has its original layout."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    network = denoiser.network.requires_grad_(False)
+    modules = dict(network.named_modules())
+    targets = sorted({name.rsplit(".", 1)[0] for name in denoiser.parameters(group)
+                      if isinstance(modules.get(name.rsplit(".", 1)[0]), nn.Linear)})
+    if not targets:
+        raise UserError(f"parameter group '{group}' has no linear layers to put LoRA adapters on")
+    with torch.random.fork_rng(devices=[]):  # the adapters' init follows the method's seed, not the caller's RNG
+        torch.manual_seed(seed)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), network,
+                                adapter_name=LORA_ADAPTER)
+    return {name: p for name, p in network.named_parameters() if f".{LORA_ADAPTER}." in name}
+
+
+def merge_lora(network: nn.Module) -> None:
+    """Fold every LoRA adapter into its base weight and put the plain layer back in its place."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(network.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(network.get_submodule(parent_name) if parent_name else network, child, module.get_base_layer())

@@ -11,16 +11,22 @@ to the end of the padded sequence (CLIP is causal, so only these positions have 
 the erased and guide prompts aligned at their last tokens. `tokens="all"` (the default) adds the earlier
 positions where the two prompts have the same length: a bidirectional encoder such as MiniLM spreads the
 concept over every position, so editing only the tail leaves it readable from the others.
+
+On FLUX the text-stream projections of block b read the text stream as that block sees it (modulated by
+the timestep, mixed with the image by the blocks before), not the encoder's states: the rows are then what
+each projection reads, captured at `samples` points (x_t, t) of the model's own trajectory for the concept,
+every prompt at the same points so that c_i and c*_i stay paired. All layers are edited from the unedited
+model's inputs (an edit of block b shifts what block b + 1 reads; the closed form ignores that).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from score_erasure.errors import UserError
 from score_erasure.spec import ConceptSpec
 
 
@@ -32,21 +38,23 @@ class UCEConfig(BaseModel):
     lamb: float = 0.5
     group: str = "xattn-kv"
     tokens: Literal["tail", "all"] = "all"
+    samples: int = Field(4, ge=1)  # trajectory points whose inputs are collected, where inputs depend on x_t
+    seed: int = 0
 
 
-def _encoded(denoiser, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, L, D) embeddings and each prompt's last real token position (before the end-of-text token)."""
-    tokens = denoiser.pipe.tokenizer(prompts, padding="max_length", truncation=True,
-                                     max_length=denoiser.pipe.tokenizer.model_max_length, return_tensors="pt")
-    return denoiser.encode(prompts), (tokens["attention_mask"].sum(1) - 2).clamp(min=0)
+def last_positions(denoiser, prompts: list[str]) -> torch.Tensor:
+    """Each prompt's last real token position (before the end-of-text token)."""
+    tokenizer = denoiser.tokenizer
+    tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                       return_tensors="pt")
+    return (tokens["attention_mask"].sum(1) - 2).clamp(min=0)
 
 
-def paired_rows(denoiser, prompts: list[str], guides: list[str], tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows (c_i, c*_i): for each prompt pair, the tail positions aligned at the last real tokens (as
-    the reference does, dropping the overhang), plus every earlier position when `tokens="all"` and the
-    two prompts have the same length."""
-    emb, last = _encoded(denoiser, prompts)
-    emb_g, last_g = _encoded(denoiser, guides)
+def pair_rows(emb: torch.Tensor, last: torch.Tensor, emb_g: torch.Tensor, last_g: torch.Tensor,
+              tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows (c_i, c*_i) from (N, L, D) inputs of prompts and guides: for each pair, the tail positions
+    aligned at the last real tokens (as the reference does, dropping the overhang), plus every earlier
+    position when `tokens="all"` and the two prompts have the same length."""
     length = emb.shape[1]
     rows, rows_g = [], []
     for e, g, i, j in zip(emb, emb_g, last.tolist(), last_g.tolist(), strict=True):
@@ -55,6 +63,42 @@ def paired_rows(denoiser, prompts: list[str], guides: list[str], tokens: str) ->
         rows.append(e[:i + span] if whole else e[i:i + span])
         rows_g.append(g[:j + span] if whole else g[j:j + span])
     return torch.cat(rows), torch.cat(rows_g)
+
+
+def paired_rows(denoiser, prompts: list[str], guides: list[str], tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_rows` over the encoder's states: what SD's cross-attention projections read."""
+    return pair_rows(denoiser.encode(prompts), last_positions(denoiser, prompts), denoiser.encode(guides),
+                     last_positions(denoiser, guides), tokens)
+
+
+@torch.no_grad()
+def layer_inputs(denoiser, names: list[str], prompt_sets: list[list[str]], cfg: UCEConfig,
+                 steps: int = 25) -> dict[str, list[torch.Tensor]]:
+    """For each module in `names`, its inputs (S * N, L, D) for every prompt set, all sets at the same `cfg.samples`
+    points (x_t, t) of the trajectory drawn for the first set's first prompt."""
+    modules = dict(denoiser.network.named_modules())
+    conds = [denoiser.encode(prompts) for prompts in prompt_sets]
+    captured = {name: [[] for _ in prompt_sets] for name in names}
+    current: list[int | None] = [None]  # which set is being read; None while the trajectory is sampled
+
+    def keep(name):
+        return lambda _module, args: None if current[0] is None else captured[name][current[0]].append(args[0])
+
+    hooks = [modules[name].register_forward_pre_hook(keep(name)) for name in names]
+    try:
+        timesteps, x, start = denoiser.timesteps(steps), None, 0
+        generator = torch.Generator().manual_seed(cfg.seed)
+        for position in np.linspace(0, steps - 1, cfg.samples).round().astype(int).tolist():
+            x = denoiser.sample(conds[0][:1], steps, until=position, generator=generator, x=x, start=start)
+            start = position
+            for k, cond in enumerate(conds):
+                current[0] = k
+                denoiser.predict(x.expand(len(cond), *x.shape[1:]), timesteps[position], cond)
+                current[0] = None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: [torch.cat(found) for found in captured[name]] for name in names}
 
 
 def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_preserve: torch.Tensor,
@@ -70,13 +114,20 @@ def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_
 
 @torch.no_grad()
 def uce(denoiser, spec: ConceptSpec, cfg: UCEConfig, **_) -> None:
-    if not denoiser.kv_reads_conditioning:
-        raise UserError(f"uce edits projections that read the text encoder's states directly; on "
-                        f"{type(denoiser.pipe).__name__} they read a text stream that every block transforms: "
-                        "not supported yet (use score or esd-x)")
-    c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
-    c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
-                  if spec.retain_prompts else c_erase.new_zeros(0, c_erase.shape[1]))
-    for W in denoiser.parameters(cfg.group).values():
-        if W.ndim == 2:
+    weights = {name.removesuffix(".weight"): W for name, W in denoiser.parameters(cfg.group).items() if W.ndim == 2}
+    if denoiser.kv_reads_conditioning:  # every projection reads the encoder's states: one set of rows for all
+        c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
+        c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
+                      if spec.retain_prompts else c_erase.new_zeros(0, c_erase.shape[1]))
+        for W in weights.values():
             W.copy_(uce_weight(W, c_erase, c_guide, c_preserve, cfg))
+        return
+    sets = [spec.target_prompts, spec.anchor_prompts] + ([spec.retain_prompts] if spec.retain_prompts else [])
+    inputs = layer_inputs(denoiser, list(weights), sets, cfg)
+    last = [last_positions(denoiser, prompts).repeat(cfg.samples) for prompts in sets]
+    for name, W in weights.items():
+        found = inputs[name]
+        c_erase, c_guide = pair_rows(found[0], last[0], found[1], last[1], cfg.tokens)
+        c_preserve = (pair_rows(found[2], last[2], found[2], last[2], cfg.tokens)[0] if len(found) > 2
+                      else c_erase.new_zeros(0, c_erase.shape[1]))
+        W.copy_(uce_weight(W, c_erase, c_guide, c_preserve, cfg))
