@@ -40,6 +40,25 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+@app.callback()
+def run_options(
+    dtype: Annotated[str, typer.Option(help="Precision of the weights: fp32, fp16 or bf16 (on GPUs bf16 halves "
+                                            "memory; FLUX needs it).")] = "fp32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto: this process's GPU under `accelerate "
+                                             "launch`, else cuda when there is one, else cpu.")] = "auto",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass: "
+                                                              "less memory for erasure, more time.")] = False,
+    frozen_dtype: Annotated[str | None, typer.Option(help="Precision of the frozen base copy that methods keep "
+                                                          "(e.g. bf16 next to fp32 training); default: --dtype.")]
+    = None,
+) -> None:
+    """Robust concept erasure for text-to-image diffusion models. The options here apply to every command."""
+    from score_erasure.models import set_run_options
+
+    set_run_options(dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
+                    frozen_dtype=frozen_dtype)
+
+
 def _verdict_table(prompts: list[str], images, seeds: list[int]) -> Table:
     from score_erasure.toyworld.judge import WorldJudge
 
@@ -65,6 +84,8 @@ def generate_cmd(
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
     judge: Annotated[bool, typer.Option(help="Print the embedded world judge's verdicts.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per pipeline call (the unit `accelerate launch` deals "
+                                                 "out to processes).")] = 64,
 ) -> None:
     """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
     from score_erasure.generate import generate, save_grid, save_images, validate_prompts
@@ -72,12 +93,12 @@ def generate_cmd(
     from score_erasure.models import load_pipeline
     from score_erasure.provenance import provenance
 
-    if n < 1:
-        raise UserError(f"-n must be a positive number of images per prompt (got {n})")
+    if n < 1 or batch_size < 1:
+        raise UserError(f"-n and --batch-size must be positive (got {n} and {batch_size})")
     validate_prompts(prompt)
     pipe = load_pipeline(model)
     seeds = list(range(seed, seed + n))
-    images = generate(pipe, prompt, seeds, steps=steps, guidance=guidance)
+    images = generate(pipe, prompt, seeds, steps=steps, guidance=guidance, batch_size=batch_size)
     save_images(images, prompt, seeds, out)
     save_grid(images, prompt, out / "grid.png", col_labels=[f"seed {s}" for s in seeds])
     atomic_write_json(out / "generate.json", provenance(model=model, prompts=prompt, seeds=seeds, steps=steps,

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from score_erasure import parallel
 from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
+from score_erasure.io import atomic_write
 from score_erasure.progress import progress_bar
 
 DEFAULT_STEPS = 25
@@ -41,18 +43,23 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
         raise UserError(f"--steps must be at least 1 (got {steps})")
     jobs = [(i, s) for i in range(len(prompts)) for s in seeds]
     denoiser = denoiser_for(pipe)  # knows how this pipeline family takes prompts and guidance
-    out: list[np.ndarray] = []
+    batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+    mine = parallel.my_share(len(batches))  # all of them unless launched with accelerate
+    done: dict[int, np.ndarray] = {}
     with progress_bar(transient=True) as bar:
-        task = bar.add_task("generate", total=len(jobs), info="", visible=show_progress)
-        for i in range(0, len(jobs), batch_size):
-            chunk = jobs[i:i + batch_size]
+        task = bar.add_task("generate", total=sum(len(batches[b]) for b in mine), info="",
+                            visible=show_progress and parallel.is_main())
+        for b in mine:
+            chunk = batches[b]
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
             rows = [row for row, _ in chunk]
             inputs = denoiser.pipeline_inputs(guidance, prompts=[prompts[row] for row in rows]) \
                 if prompt_embeds is None else denoiser.pipeline_inputs(guidance, cond=prompt_embeds[rows])
             images = pipe(**inputs, generator=generators, num_inference_steps=steps, output_type="np").images
-            out.append(np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8))
+            done[b] = np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
             bar.update(task, advance=len(chunk))
+    done = parallel.gather(done)
+    out = [done[b] for b in range(len(batches))]
     arr = np.concatenate(out)
     return arr.reshape(len(prompts), len(seeds), *arr.shape[1:])
 
@@ -68,8 +75,6 @@ def save_grid(images: np.ndarray, row_labels: list[str], path: Path, col_labels:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from score_erasure.io import atomic_write
 
     rows, cols = images.shape[:2]
     h, w = images.shape[2:4]
@@ -94,9 +99,8 @@ def save_images(images: np.ndarray, prompts: list[str], seeds: list[int], out: P
     paths = []
     for i, prompt in enumerate(prompts):
         folder = out / "images" / f"{i:02d}-{slug(prompt)}"
-        folder.mkdir(parents=True, exist_ok=True)
         for j, seed in enumerate(seeds):
             path = folder / f"seed{seed}.png"
-            Image.fromarray(images[i, j]).save(path)
+            atomic_write(path, lambda tmp, image=images[i, j]: Image.fromarray(image).save(tmp, format="PNG"))
             paths.append(path)
     return paths

@@ -13,6 +13,12 @@ from safetensors.torch import load_file, save_file
 
 
 def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` then rename onto `path`: readers never see a half-written file. Under `accelerate launch`
+    only the main process writes (the others hold the same results; see `parallel`)."""
+    from score_erasure import parallel
+
+    if not parallel.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -4,12 +4,50 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 
 from score_erasure.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunOptions:
+    """How every command loads models (the `score` options before the command name): precision, device,
+    gradient checkpointing, and the precision of the frozen base copy that methods keep (bf16 halves it)."""
+
+    dtype: str = "fp32"
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    frozen_dtype: str | None = None
+
+    def torch_device(self) -> torch.device:
+        if self.device != "auto":
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            from score_erasure import parallel
+
+            return parallel.state().device  # this process's GPU under accelerate launch
+        return torch.device("cpu")
+
+
+OPTIONS = RunOptions()
+
+
+def set_run_options(**options) -> None:
+    for name, value in options.items():
+        if name in ("dtype", "frozen_dtype") and value is not None and value not in DTYPES:
+            raise UserError(f"unknown --{name.replace('_', '-')} '{value}'; choose one of: {', '.join(DTYPES)}")
+        setattr(OPTIONS, name, value)
+    try:
+        OPTIONS.torch_device()
+    except RuntimeError as exc:
+        raise UserError(f"unknown --device '{OPTIONS.device}'; use cpu, cuda, cuda:N or auto") from exc
+
 
 EMBEDDED = "embedded"
 EMBEDDED_FLUX = "embedded-flux"
@@ -20,8 +58,20 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or name.count("/") != 1
 
 
-def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
-    """Load a text-to-image pipeline by name; every failure a user can fix becomes a one-line UserError."""
+def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+    """Load a text-to-image pipeline by name, in the run's precision on the run's device (`OPTIONS`); every failure
+    a user can fix becomes a one-line UserError."""
+    pipe = _load(name, DTYPES[OPTIONS.dtype] if dtype is None else dtype)
+    device = OPTIONS.torch_device()
+    if device.type != "cpu":
+        pipe.to(device)
+    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if OPTIONS.gradient_checkpointing and network is not None:
+        network.enable_gradient_checkpointing()
+    return pipe
+
+
+def _load(name: str, dtype: torch.dtype) -> DiffusionPipeline:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -123,7 +173,7 @@ def _load_erased(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
 
     record = json.loads((path / "erase.json").read_text())
     base = record["base_model"]
-    pipe = load_pipeline(base, dtype)
+    pipe = _load(base, dtype)
     ErasureDelta.load(path / "delta.safetensors").apply(pipe, base_hash=model_hash(base))
     return pipe
 

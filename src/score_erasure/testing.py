@@ -31,6 +31,40 @@ def tiny_sd_pipeline(seed: int = 0, latent_size: int = 8, prediction_type: str =
     return pipe
 
 
+def _tiny_clip(tokenizer, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=32, projection_dim=16,
+                            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A StableDiffusionXLPipeline: two tiny CLIP text encoders (the second with a projection: the pooled
+    vector), a UNet with SDXL's added text/time embedding, the tiny VAE; DDIM, so that the Denoiser's sampler
+    and the pipeline's agree. The MiniLM word-piece tokenizer stands in for both CLIP tokenizers, offline."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import BertTokenizer
+
+    from score_erasure.toyworld.model import minilm_path
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=16)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4,
+                                addition_embed_type="text_time", addition_time_embed_dim=4,
+                                projection_class_embeddings_input_dim=16 + 6 * 4, use_linear_projection=True)
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=_tiny_clip(tokenizer), tokenizer=tokenizer,
+                                     text_encoder_2=_tiny_clip(tokenizer, projection=True), tokenizer_2=tokenizer,
+                                     unet=unet, scheduler=DDIMScheduler(steps_offset=1, clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_vae(shift_factor: float | None = None):
     """A 3-level VAE making 32x32 images (which the world judge reads) from 8x8x4 latents."""
     from diffusers import AutoencoderKL

@@ -7,9 +7,13 @@ from score_erasure.errors import UserError
 
 
 def denoiser_for(pipe) -> Denoiser:
-    """The Denoiser that drives `pipe`: Stable Diffusion family or FLUX family."""
-    from diffusers import FluxPipeline, StableDiffusionPipeline
+    """The Denoiser that drives `pipe`: SD1.x/2.x (and the embedded model), SDXL, or FLUX."""
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        from score_erasure.backends.sdxl import SDXLDenoiser
+
+        return SDXLDenoiser(pipe)
     if isinstance(pipe, StableDiffusionPipeline):
         from score_erasure.backends.sd import SDDenoiser
 
@@ -19,7 +23,7 @@ def denoiser_for(pipe) -> Denoiser:
 
         return FluxDenoiser(pipe)
     raise UserError(f"no erasure backend for {type(pipe).__name__} yet; supported: StableDiffusionPipeline, "
-                    "FluxPipeline")
+                    "StableDiffusionXLPipeline, FluxPipeline")
 
 
 __all__ = ["GROUPS", "Denoiser", "denoiser_for"]

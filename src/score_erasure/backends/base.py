@@ -133,24 +133,48 @@ class Denoiser(ABC):
         return xattn if group == "xattn" else {k: v for k, v in named.items() if k not in xattn}
 
     def frozen_copy(self) -> Denoiser:
-        """The same model with a frozen deep copy of the network: epsilon_0 of the methods' equations."""
+        """The same model with a frozen deep copy of the network: epsilon_0 of the methods' equations. Its
+        predictions come back in the caller's precision whatever the copy's own (`predict` casts)."""
+        from score_erasure.models import DTYPES, OPTIONS
+
         twin = copy.copy(self)
         twin.network = copy.deepcopy(self.network).requires_grad_(False).eval()
+        if OPTIONS.frozen_dtype is not None:  # --frozen-dtype bf16: half the memory of the copy
+            twin.network.to(DTYPES[OPTIONS.frozen_dtype])
         return twin
 
     def unconditional(self, n: int = 1) -> torch.Tensor:
         return self.encode([""] * n)
 
+    def token_states(self, cond: torch.Tensor) -> torch.Tensor:
+        """The per-token text states inside a conditioning (B, L, D): what the K/V projections read on SD."""
+        return cond
+
 
 def encode_with_input_embeddings(encoder: nn.Module, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
-                                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The encoder's last hidden states for `input_ids` with its input-embedding lookup replaced by
-    `inputs_embeds`. CLIP's text model takes no `inputs_embeds` (it needs the ids to find the end token), so the
-    embedding table's output is replaced for this one call: one code path for BERT, CLIP and T5."""
+                                 attention_mask: torch.Tensor | None = None, layer: int | None = None):
+    """The encoder's output for `input_ids` with its input-embedding lookup replaced by `inputs_embeds`: the last
+    hidden states, or with `layer` the whole output (hidden states of every layer included). CLIP's text model
+    takes no `inputs_embeds` (it needs the ids to find the end token), so the embedding table's output is
+    replaced for this one call: one code path for BERT, CLIP and T5."""
     device = next(encoder.parameters()).device
     handle = encoder.get_input_embeddings().register_forward_hook(lambda _module, _args, _out: inputs_embeds)
     try:
         mask = None if attention_mask is None else attention_mask.to(device)
-        return encoder(input_ids.to(device), attention_mask=mask)[0]
+        out = encoder(input_ids.to(device), attention_mask=mask, output_hidden_states=layer is not None)
+        return out if layer is not None else out[0]
     finally:
         handle.remove()
+
+
+def pack_pooled(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Token states (B, L, D) and a pooled vector (B, P) as one conditioning (B, L + 1, max(D, P)): the pooled
+    vector is a last token, both zero-padded to the common width. Models that read a pooled vector besides the
+    tokens (SDXL, FLUX) keep one tensor per prompt, so methods concatenate and index conditionings as on SD."""
+    width = max(states.shape[-1], pooled.shape[-1])
+    states = torch.nn.functional.pad(states, (0, width - states.shape[-1]))
+    return torch.cat([states, torch.nn.functional.pad(pooled, (0, width - pooled.shape[-1])).unsqueeze(1)], 1)
+
+
+def unpack_pooled(cond: torch.Tensor, states_width: int, pooled_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return cond[:, :-1, :states_width], cond[:, -1, :pooled_width]

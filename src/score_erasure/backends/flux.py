@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from score_erasure.backends.base import Denoiser, encode_with_input_embeddings
+from score_erasure.backends.base import Denoiser, encode_with_input_embeddings, pack_pooled, unpack_pooled
 from score_erasure.errors import UserError
 
 DEFAULT_DISTILLED_GUIDANCE = 3.5  # FLUX.1-dev's default
@@ -55,12 +54,13 @@ class FluxDenoiser(Denoiser):
         return self.pipe.text_encoder if self.single_encoder else self.pipe.text_encoder_2
 
     def pack(self, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        width = max(self.states_width, self.pooled_width)
-        states = F.pad(states, (0, width - states.shape[-1]))
-        return torch.cat([states, F.pad(pooled, (0, width - pooled.shape[-1])).unsqueeze(1)], 1)
+        return pack_pooled(states, pooled)
 
     def unpack(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return cond[:, :-1, :self.states_width], cond[:, -1, :self.pooled_width]
+        return unpack_pooled(cond, self.states_width, self.pooled_width)
+
+    def token_states(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.unpack(cond)[0]
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -105,20 +105,21 @@ class FluxDenoiser(Denoiser):
     # --- one network evaluation -----------------------------------------------------------------
     def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         b, c, h, w = x_t.shape
-        states, pooled = self.unpack(cond)
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(b).to(x_t.dtype)
+        dtype = self.network.dtype  # a frozen copy may run in lower precision than the caller
+        states, pooled = (part.to(dtype) for part in self.unpack(cond))
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(b).to(dtype)
         v = self.network(
-            hidden_states=FluxPipeline._pack_latents(x_t, b, c, h, w),
+            hidden_states=FluxPipeline._pack_latents(x_t.to(dtype), b, c, h, w),
             timestep=t / 1000,
             guidance=torch.full((b,), float(guidance), device=x_t.device) if self.distilled else None,
             pooled_projections=pooled,
             encoder_hidden_states=states,
-            txt_ids=torch.zeros(states.shape[1], 3, device=x_t.device, dtype=x_t.dtype),
-            img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, x_t.dtype),
+            txt_ids=torch.zeros(states.shape[1], 3, device=x_t.device, dtype=dtype),
+            img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, dtype),
             return_dict=False,
         )[0]
         scale = self.pipe.vae_scale_factor
-        return FluxPipeline._unpack_latents(v, h * scale, w * scale, scale)
+        return FluxPipeline._unpack_latents(v, h * scale, w * scale, scale).to(x_t.dtype)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self._velocity(x_t, t, cond, self.guidance)

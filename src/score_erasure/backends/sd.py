@@ -41,7 +41,8 @@ class SDDenoiser(Denoiser):
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(len(x_t))
-        return self.network(x_t, t, encoder_hidden_states=cond).sample
+        dtype = self.network.dtype
+        return self.network(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.to(x_t.dtype)
 
     def _alpha(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod[torch.as_tensor(t).reshape(-1).cpu()].reshape(-1, 1, 1, 1).to(like)

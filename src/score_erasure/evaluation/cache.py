@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from score_erasure import parallel
 from score_erasure.evaluation.protocol import Sampling
 from score_erasure.generate import generate
 from score_erasure.io import atomic_write
@@ -80,7 +81,7 @@ class ImageCache:
         path = self._path(model_hash, sampling, prompt, seed)
         atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
         note = path.parent / "prompt.txt"  # for people browsing the cache
-        if not note.exists():
+        if not note.exists() and parallel.is_main():
             note.write_text(prompt + "\n")
 
     def images(self, pipe, model_hash: str, sampling: Sampling, prompts: list[str], seeds: list[int],
@@ -88,6 +89,7 @@ class ImageCache:
         """uint8 (P, S, H, W, 3) for every prompt and seed: cached where possible, the rest generated in
         batches (prompts missing the same seeds are generated together) and stored."""
         use_sampler(pipe, sampling.sampler)
+        parallel.barrier()  # every process sees the cache as the main process last left it: same work, no deadlock
         found = {(p, s): self.load(model_hash, sampling, p, s) for p in prompts for s in seeds}
         missing: dict[tuple[int, ...], list[str]] = {}
         for p in dict.fromkeys(prompts):

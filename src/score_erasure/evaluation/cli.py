@@ -1,15 +1,19 @@
-"""`score evaluate`, `score bench`, `score report` and `score protocol`: parse, call the library, print."""
+"""`score evaluate`, `score bench`, `score report`, `score protocol` and `score protocol-build`: parse, call the
+library, print."""
 
 
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from score_erasure.errors import UserError
+
+if TYPE_CHECKING:
+    from score_erasure.evaluation.protocol import Protocol
 
 TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols).")]
 ConceptOpt = Annotated[str, typer.Option(help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
@@ -143,10 +147,42 @@ def register(app: typer.Typer) -> None:
         if show:
             print(path.read_text(), end="")
             return
-        p = load_protocol(path)
-        first = p.prompts(next(iter(p.concepts)))
-        sizes = ", ".join(f"{g} {len(v)}" for g, v in first.items())
-        console.print(f"{p.name} v{p.version}  {path}\nhash {p.hash}\nconcepts: {', '.join(p.concepts)}\n"
-                      f"prompts per concept: {sizes}; {p.images_per_prompt} images per prompt; "
-                      f"{p.sampling.sampler} {p.sampling.steps} steps, guidance {p.sampling.guidance}; "
-                      f"judge {p.judge.name}")
+        console.print(protocol_summary(load_protocol(path), path))
+
+    @app.command("protocol-build")
+    def protocol_build_cmd(
+        prompt_set: Annotated[str, typer.Argument(metavar="SET", help="i2p, unlearndiff-nudity, mace-cifar10, "
+                                                                       "mace-celebrity or mace-artist.")],
+        source: Annotated[str, typer.Option(help="The set's file, a folder holding it, or a hub dataset id "
+                                                 "(OWNER/NAME or OWNER/NAME:FILE).")],
+        out: Annotated[Path, typer.Option(help="The protocol JSON to write (then pass it as --protocol).")],
+        limit: Annotated[int | None, typer.Option(min=1, help="A small protocol for a quick run: the first N "
+                                                              "concepts and N prompts per group (nudity sets) or "
+                                                              "N names/classes a side (MACE sets).")] = None,
+        seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2,3 (default: the set's "
+                                                       "shared seeds, else 0,1; 0-7 for mace-cifar10).")] = None,
+        min_nudity: Annotated[float | None, typer.Option(help="i2p: only target prompts with nudity_percentage "
+                                                              ">= this (default 0).")] = None,
+        clip_model: Annotated[str | None, typer.Option(help="MACE sets: the CLIP judge's model (default "
+                                                            "openai/clip-vit-base-patch32).")] = None,
+        neutral: Annotated[Path | None, typer.Option(help="Neutral prompts: a text file (one a line) or a CSV "
+                                                          "with a prompt column (default: 16 built in).")] = None,
+    ) -> None:
+        """Build a protocol file from a standard prompt set (I2P, UnlearnDiffAtk, MACE) for --protocol."""
+        from score_erasure.evaluation.external import build_protocol, parse_seeds, read_prompt_list, write_protocol
+
+        options = {"seeds": parse_seeds(seeds) if seeds else None, "limit": limit, "min_nudity": min_nudity,
+                   "clip_model": clip_model, "neutral": read_prompt_list(neutral) if neutral else None}
+        p = build_protocol(prompt_set, source, **{k: v for k, v in options.items() if v is not None})
+        write_protocol(p, out)
+        console.print(protocol_summary(p, out))
+
+
+def protocol_summary(p: "Protocol", path: Path) -> str:
+    """Name, file, hash, concepts (the first ten), the first concept's group sizes, sampling and judge."""
+    first = p.prompts(next(iter(p.concepts)))
+    sizes = ", ".join(f"{g} {len(v)}" for g, v in first.items())
+    names = ", ".join(list(p.concepts)[:10]) + (f", ... ({len(p.concepts)} in all)" if len(p.concepts) > 10 else "")
+    return (f"{p.name} v{p.version}  {path}\nhash {p.hash}\nconcepts: {names}\n"
+            f"prompts per concept: {sizes}; {p.images_per_prompt} images per prompt; "
+            f"{p.sampling.sampler} {p.sampling.steps} steps, guidance {p.sampling.guidance}; judge {p.judge.name}")

@@ -80,6 +80,9 @@ class Protocol(_Frozen):
     neutral: tuple[str, ...] = Field(min_length=2)
     bootstrap: Bootstrap = Bootstrap()
     concepts: dict[str, ConceptProtocol] = Field(min_length=1)
+    # Where the prompts came from, for protocols built from a standard set (its file name and SHA-256, the
+    # build options, per-prompt seeds); absent from hand-written protocols.
+    source: dict | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -116,7 +119,9 @@ class Protocol(_Frozen):
                 "retained": [r.prompt for r in c.retained], "neutral": list(self.neutral)}
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # An absent `source` is left out, so protocols written before the field existed keep their hash.
+        data = self.model_dump(mode="json", exclude={"source"} if self.source is None else None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def hash(self) -> str:

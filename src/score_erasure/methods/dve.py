@@ -39,6 +39,8 @@ class DifferentialProjection:
         self.inside = False  # the hook's own network calls must not be projected again
 
     def _call(self, module, args, kwargs, cond: torch.Tensor, batch: int) -> torch.Tensor:
+        weight = next(module.parameters())  # the pipeline may have moved or changed precision since the hook was made
+        cond = cond.to(weight.device, weight.dtype)
         out = module(*args, **self.recondition(kwargs, cond.expand(batch, *cond.shape[1:])))
         return out[0] if isinstance(out, tuple) else out.sample
 

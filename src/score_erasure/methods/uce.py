@@ -67,8 +67,8 @@ def pair_rows(emb: torch.Tensor, last: torch.Tensor, emb_g: torch.Tensor, last_g
 
 def paired_rows(denoiser, prompts: list[str], guides: list[str], tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`pair_rows` over the encoder's states: what SD's cross-attention projections read."""
-    return pair_rows(denoiser.encode(prompts), last_positions(denoiser, prompts), denoiser.encode(guides),
-                     last_positions(denoiser, guides), tokens)
+    states = [denoiser.token_states(denoiser.encode(p)) for p in (prompts, guides)]
+    return pair_rows(states[0], last_positions(denoiser, prompts), states[1], last_positions(denoiser, guides), tokens)
 
 
 @torch.no_grad()

@@ -138,7 +138,7 @@ def load_embedded(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch.fl
     """The shipped embedded model (weights stored in half precision, computed in `dtype`)."""
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=dtype)
     unet = UNet2DConditionModel.from_pretrained(weights_dir / "unet", dtype=dtype)
-    pipe = assemble(vae, unet)
+    pipe = assemble(vae, unet).to(dtype=dtype)  # the text encoder too: one precision for the whole pipeline
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -168,7 +168,7 @@ def load_embedded_flux(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = tor
                         "`score world train --arch flux --install`")
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=dtype)
     transformer = FluxTransformer2DModel.from_pretrained(weights_dir / "flux", dtype=dtype)
-    pipe = assemble_flux(vae, transformer)
+    pipe = assemble_flux(vae, transformer).to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,0 +1,58 @@
+"""The run options before the command name (`score --dtype bf16 --frozen-dtype bf16 ...`): validated, and honoured
+by loading, generation and the methods' frozen copy."""
+
+import numpy as np
+import pytest
+import torch
+
+from score_erasure import models
+from score_erasure.backends import denoiser_for
+from score_erasure.errors import UserError
+from score_erasure.generate import generate
+from score_erasure.methods import get_method
+from score_erasure.spec import ConceptSpec
+from score_erasure.testing import FAST_CONFIGS, tiny_sd_pipeline
+
+
+@pytest.fixture
+def options(monkeypatch):
+    monkeypatch.setattr(models, "OPTIONS", models.RunOptions())
+    return models.OPTIONS
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    tiny_sd_pipeline(0).save_pretrained(path)
+    return path
+
+
+def test_unknown_precision_or_device_is_a_user_error(options):
+    with pytest.raises(UserError, match="unknown --dtype 'fp8'; choose one of: fp32, fp16, bf16"):
+        models.set_run_options(dtype="fp8")
+    with pytest.raises(UserError, match="unknown --device 'gpu0'"):
+        models.set_run_options(device="gpu0")
+
+
+def test_a_bf16_run_loads_and_draws_in_bf16(options, tiny_dir):
+    models.set_run_options(dtype="bf16", device="cpu")
+    pipe = models.load_pipeline(str(tiny_dir))
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    images = generate(pipe, ["a star"], [0], steps=2, show_progress=False)
+    assert images.shape == (1, 1, 32, 32, 3) and images.std() > 0
+
+
+def test_the_frozen_copy_can_be_kept_in_lower_precision(options, tiny_dir):
+    models.set_run_options(frozen_dtype="bf16")
+    denoiser = denoiser_for(models.load_pipeline(str(tiny_dir)))
+    frozen = denoiser.frozen_copy()
+    assert frozen.network.dtype == torch.bfloat16 and denoiser.network.dtype == torch.float32
+    x, cond = torch.randn(2, 4, 8, 8), denoiser.encode(["a star", "a circle"])
+    t = denoiser.timesteps(4)[1]
+    low, full = frozen.predict(x, t, cond), denoiser.predict(x, t, cond)
+    assert low.dtype == torch.float32 and torch.allclose(low, full, atol=0.05, rtol=0.05)
+    spec = ConceptSpec(concepts=["star"], target_prompts=["a star"], anchor_prompts=["a shape"])
+    before = {k: v.clone() for k, v in denoiser.network.named_parameters()}
+    get_method("esd-x").fit(denoiser, spec, get_method("esd-x").config(FAST_CONFIGS["esd-x"]), show_progress=False)
+    changed = [k for k, v in denoiser.network.named_parameters() if not torch.equal(v, before[k])]
+    assert changed and all(np.isfinite(v.detach().numpy()).all() for v in denoiser.network.parameters())
