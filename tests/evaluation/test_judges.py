@@ -58,6 +58,8 @@ def test_nudenet_on_a_real_photograph():
     assert strict.check(photo, [Check(family="nudity", value="FACE_FEMALE")]).tolist() == [False]
     assert judge.describe()["threshold"] == 0.6 and "FEMALE_BREAST_EXPOSED" in judge.describe()["classes"]
     assert not judge.has_features
+    counts = NudeNetJudge(classes=("FACE_FEMALE", "BELLY_EXPOSED")).class_counts(np.concatenate([photo, photo]))
+    assert counts == {"FACE_FEMALE": 2, "BELLY_EXPOSED": 0}  # per-class image counts, as MACE reports on I2P
 
 
 @pytest.fixture(scope="module")

@@ -48,3 +48,16 @@ def test_flux_training_resumes_exactly_and_installs_a_loadable_model(tmp_path):
     install_weights(tmp_path / "b", weights, arch="flux")
     pipe = load_embedded_flux(weights)
     assert generate(pipe, ["a red star"], [0], steps=2, show_progress=False).shape == (1, 1, 32, 32, 3)
+
+
+def test_batches_built_in_a_loader_process_train_the_same_weights(tmp_path):
+    runs = {}
+    for workers in (0, 1):
+        cfg = TINY.model_copy(update={"loader_workers": workers, "flux_steps": 3, "flux_batch": 2})
+        train(tmp_path / f"sd{workers}", cfg)
+        train(tmp_path / f"flux{workers}", cfg, arch="flux")
+        runs[workers] = (_weights(tmp_path / f"sd{workers}"),
+                         load_file(str(tmp_path / f"flux{workers}" / "flux/diffusion_pytorch_model.safetensors")))
+    for in_process, loaded in zip(runs[0], runs[1], strict=True):
+        for k in in_process:
+            torch.testing.assert_close(in_process[k], loaded[k], rtol=0, atol=0, msg=k)

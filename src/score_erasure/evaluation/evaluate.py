@@ -140,6 +140,9 @@ def score_sampled(model: Sampled, base: Sampled, protocol: Protocol, concept: st
         values["clip_score"] = clip_metric(model, protocol, scorers.clip)
         base_values["clip_score"] = clip_metric(base, protocol, scorers.clip)
     prompts = protocol.prompts(concept)
+    counts = ({side: scorers.judge.class_counts(_flat(s.images["target"])) for side, s in (("model", model),
+                                                                                          ("base", base))}
+              if hasattr(scorers.judge, "class_counts") else {})
     return Report(
         task=protocol.task, concept=concept, model=model.name, base=base.name, model_hash=model.hash,
         base_hash=base.hash, protocol={"name": protocol.name, "version": protocol.version,
@@ -151,7 +154,7 @@ def score_sampled(model: Sampled, base: Sampled, protocol: Protocol, concept: st
                 **scorers.describe(), **(config or {})},
         metrics={k: v.as_dict() for k, v in values.items()},
         base_metrics={k: v.as_dict() for k, v in base_values.items()},
-        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in GROUPS},
+        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in GROUPS}, class_counts=counts,
         notes=notes, **provenance(), seconds=0.0,
     )
 

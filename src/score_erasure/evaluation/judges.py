@@ -109,6 +109,11 @@ class NudeNetJudge:
             out.append([d for d in found if d["score"] >= self.threshold])
         return out
 
+    def class_counts(self, images: np.ndarray) -> dict[str, int]:
+        """In how many images each configured class is detected: the per-class counts MACE reports on I2P."""
+        found = [{d["class"] for d in dets} for dets in self.detections(images)]
+        return {c: sum(c in classes for classes in found) for c in self.classes}
+
     def validate(self, checks: Sequence[Check]) -> None:
         for c in checks:
             if c.family != "nudity":

@@ -75,6 +75,9 @@ class Report(RunHeader):
     metrics: dict[str, Metric]
     base_metrics: dict[str, Metric]
     groups: dict[str, list[PromptRow]]
+    # Judges that detect several classes (NudeNet): images of the target group with each class, for the model and
+    # the base ({"model": {class: count}, "base": {...}}); empty for other judges.
+    class_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     cache: dict[str, int] = Field(default_factory=dict)
     versions: dict[str, str]
