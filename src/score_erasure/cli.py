@@ -88,6 +88,7 @@ def generate_cmd(
                                                  "out to processes).")] = 64,
 ) -> None:
     """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
+    from score_erasure import parallel
     from score_erasure.generate import generate, save_grid, save_images, validate_prompts
     from score_erasure.io import atomic_write_json
     from score_erasure.models import load_pipeline
@@ -102,7 +103,8 @@ def generate_cmd(
     save_images(images, prompt, seeds, out)
     save_grid(images, prompt, out / "grid.png", col_labels=[f"seed {s}" for s in seeds])
     atomic_write_json(out / "generate.json", provenance(model=model, prompts=prompt, seeds=seeds, steps=steps,
-                                                         guidance=guidance, sampler=type(pipe.scheduler).__name__))
+                                                         guidance=guidance, sampler=type(pipe.scheduler).__name__,
+                                                         processes=parallel.state().num_processes))
     if judge:
         console.print(_verdict_table(prompt, images, seeds))
     console.print(f"wrote {len(prompt) * n} images and {out / 'grid.png'}")

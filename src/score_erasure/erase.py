@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from score_erasure import parallel
 from score_erasure.backends import denoiser_for
 from score_erasure.delta import ErasureDelta, installed_hooks
 from score_erasure.errors import UserError
@@ -64,4 +65,5 @@ def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides:
         pipe.save_pretrained(out / "pipeline")
         record["merged"] = str(out / "pipeline")
     atomic_write_json(out / "erase.json", record)
+    parallel.barrier()  # the other processes return once the main process has written the outputs
     return delta

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from score_erasure import parallel
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, lora_trainable, merge_lora, trainable
 from score_erasure.spec import ConceptSpec
 
@@ -42,7 +43,7 @@ def esd(denoiser, spec: ConceptSpec, cfg: ESDConfig, checkpointing: Checkpointin
     timesteps = denoiser.timesteps(cfg.steps)
 
     def step(k: int):
-        rng = np.random.default_rng([cfg.seed, k])
+        rng = np.random.default_rng(parallel.step_key(cfg.seed, k))
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         i, n = int(rng.integers(len(c))), int(rng.integers(cfg.steps))
         c_i, t = c[i:i + 1], timesteps[n]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from score_erasure import parallel
 from score_erasure.errors import UserError
 from score_erasure.io import load_tensors, optimizer_tensors, restore_optimizer, save_tensors
 from score_erasure.progress import progress_bar
@@ -70,7 +71,8 @@ def finetune(params: dict[str, nn.Parameter], step: StepFn, iterations: int, lr:
              show_progress: bool = True) -> Trace:
     """Adam on `params` for `iterations` steps of `step`; gradients are multiplied by `mask` where given.
 
-    Extra modules and optimisers (a discriminator and its Adam) are checkpointed alongside."""
+    Extra modules and optimisers (a discriminator and its Adam) are checkpointed alongside. Under `accelerate
+    launch` the steps are data-parallel: gradients of `params` averaged, extra modules' parameters averaged."""
     ckpt = checkpointing or Checkpointing()
     opt = torch.optim.Adam(params.values(), lr=lr)
     optimizers, modules = {"main": opt, **(extra_optimizers or {})}, extra_modules or {}
@@ -94,15 +96,18 @@ def finetune(params: dict[str, nn.Parameter], step: StepFn, iterations: int, lr:
                                 "learning rate (--config) and rerun with --resume")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            parallel.average_gradients(params.values())  # data-parallel under accelerate launch; else nothing
             if mask is not None:
                 for name, p in params.items():
                     if p.grad is not None:
                         p.grad.mul_(mask[name])
             opt.step()
+            parallel.average_parameters(modules.values())
             trace.rows.append({"step": k, "loss": loss.item(), **terms})
             bar.update(task, advance=1, info=" ".join(f"{n} {v:.3g}" for n, v in terms.items()))
             if (k + 1) % ckpt.every == 0 or k + 1 == iterations:
                 save(k + 1)
+    parallel.assert_in_sync(list(params.values()))
     return trace
 
 

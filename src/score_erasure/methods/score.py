@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from score_erasure import parallel
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
 from score_erasure.spec import ConceptSpec
 
@@ -168,8 +169,8 @@ class _Score:
 
     def step(self, k: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, d, uncond = self.cfg, self.d, self.uncond
-        rng = np.random.default_rng([cfg.seed, 3, k])
-        gen = _generator(cfg.seed, 3, k)
+        rng = np.random.default_rng(parallel.step_key(cfg.seed, 3, k))
+        gen = _generator(cfg.seed, *parallel.step_key(3, k))
         i = int(rng.integers(len(self.c_e)))
         k_e, k_l = int(rng.integers(max(1, self.k_e))), int(rng.integers(self.k_e, cfg.steps))
         c_e, t_e, t_l = self.c_e[i:i + 1], self.t[k_e:k_e + 1], self.t[k_l:k_l + 1]
