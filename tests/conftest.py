@@ -32,3 +32,14 @@ def saved_embedded(embedded, tmp_path_factory):
     path = tmp_path_factory.mktemp("embedded-pipeline")
     embedded.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random SD pipeline (32x32 images, which the world judge reads) saved as a diffusers folder, so that
+    `--model` can name it."""
+    from score_erasure.testing import tiny_sd_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_sd_pipeline(0).save_pretrained(path)
+    return path

@@ -6,15 +6,7 @@ import sys
 
 import pytest
 
-from score_erasure import cli
-
-
-def run(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["score", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from score_erasure.testing import run_cli as run
 
 
 @pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["world", "--help"], ["world", "check", "--help"],

@@ -21,17 +21,11 @@ from score_erasure.testing import tiny_sd_pipeline
 SPEC = ConceptSpec.from_words(["star"], synonyms=["starburst"], preserve=["a circle"])
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_sd_pipeline(0).save_pretrained(path)
-    return path
-
 
 @pytest.fixture(scope="module")
-def erased(tiny_dir, tmp_path_factory):
+def erased(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("erased")
-    erase(str(tiny_dir), "esd-x", SPEC, out, FAST["esd-x"], show_progress=False)
+    erase(str(tiny_model_dir), "esd-x", SPEC, out, FAST["esd-x"], show_progress=False)
     return out
 
 
@@ -43,24 +37,24 @@ def test_erase_writes_delta_and_record(erased):
     assert delta.tensors and all("attn2" in k for k in delta.tensors)
 
 
-def test_delta_load_equals_in_memory_apply(tiny_dir, tmp_path):
-    pipe = load_pipeline(str(tiny_dir))
+def test_delta_load_equals_in_memory_apply(tiny_model_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_model_dir))
     before = {k: v.detach().clone() for k, v in pipe.unet.named_parameters()}
     from score_erasure.backends import denoiser_for
 
     denoiser = denoiser_for(pipe)
     get_method("uce").fit(denoiser, SPEC, get_method("uce").config())
     delta = ErasureDelta.from_changes(before, dict(pipe.unet.named_parameters()), method="uce", concepts=["star"],
-                                      base_model=str(tiny_dir), base_hash="h")
+                                      base_model=str(tiny_model_dir), base_hash="h")
     delta.save(tmp_path / "d.safetensors")
-    fresh = load_pipeline(str(tiny_dir))
+    fresh = load_pipeline(str(tiny_model_dir))
     ErasureDelta.load(tmp_path / "d.safetensors").apply(fresh, base_hash="h")
     for k, v in pipe.unet.named_parameters():
         torch.testing.assert_close(dict(fresh.unet.named_parameters())[k], v, rtol=0, atol=0)
 
 
-def test_erase_output_is_a_model(erased, tiny_dir):
-    base = generate(load_pipeline(str(tiny_dir)), ["a star"], [0], steps=3, show_progress=False)
+def test_erase_output_is_a_model(erased, tiny_model_dir):
+    base = generate(load_pipeline(str(tiny_model_dir)), ["a star"], [0], steps=3, show_progress=False)
     again = generate(load_pipeline(str(erased)), ["a star"], [0], steps=3, show_progress=False)
     assert again.shape == base.shape
     assert not np.array_equal(base, again)
@@ -90,18 +84,18 @@ def test_delta_refuses_another_base(erased, tmp_path):
         delta.apply(load_pipeline(str(other)), base_hash="0" * 64)
 
 
-def test_nan_loss_stops_with_a_user_error(tiny_dir, tmp_path):
+def test_nan_loss_stops_with_a_user_error(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="loss became nan"):
-        erase(str(tiny_dir), "esd-u", SPEC, tmp_path, {**FAST["esd-u"], "lr": math.inf, "iterations": 3},
+        erase(str(tiny_model_dir), "esd-u", SPEC, tmp_path, {**FAST["esd-u"], "lr": math.inf, "iterations": 3},
               show_progress=False)
 
 
-def test_resume_continues_to_the_same_delta(tiny_dir, tmp_path):
+def test_resume_continues_to_the_same_delta(tiny_model_dir, tmp_path):
     cfg = {**FAST["esd-x"], "iterations": 4}
-    erase(str(tiny_dir), "esd-x", SPEC, tmp_path / "a", cfg, checkpoint_every=2, show_progress=False)
+    erase(str(tiny_model_dir), "esd-x", SPEC, tmp_path / "a", cfg, checkpoint_every=2, show_progress=False)
     # An interrupted run: two steps done and checkpointed, then resumed to four.
-    erase(str(tiny_dir), "esd-x", SPEC, tmp_path / "b", {**cfg, "iterations": 2}, show_progress=False)
-    erase(str(tiny_dir), "esd-x", SPEC, tmp_path / "b", cfg, resume=True, show_progress=False)
+    erase(str(tiny_model_dir), "esd-x", SPEC, tmp_path / "b", {**cfg, "iterations": 2}, show_progress=False)
+    erase(str(tiny_model_dir), "esd-x", SPEC, tmp_path / "b", cfg, resume=True, show_progress=False)
     a = ErasureDelta.load(tmp_path / "a" / "delta.safetensors").tensors
     b = ErasureDelta.load(tmp_path / "b" / "delta.safetensors").tensors
     assert a.keys() == b.keys()
@@ -124,7 +118,7 @@ def test_world_spec_uses_only_seen_words():
             assert set(prompt.split()) <= allowed, prompt
 
 
-def test_the_world_vocabulary_is_found_on_either_side_of_a_comparison(tmp_path, tiny_dir):
+def test_the_world_vocabulary_is_found_on_either_side_of_a_comparison(tmp_path, tiny_model_dir):
     from score_erasure.spec import compositional_prompts, vocabulary_source
 
     world_erasure = tmp_path / "erase-star"
@@ -132,11 +126,13 @@ def test_the_world_vocabulary_is_found_on_either_side_of_a_comparison(tmp_path, 
     (world_erasure / "delta.safetensors").write_bytes(b"")
     (world_erasure / "erase.json").write_text(json.dumps({"base_model": "embedded"}))
     # A world erasure judged against its base saved as a plain folder: the erasure names the vocabulary.
-    assert vocabulary_source(str(world_erasure), str(tiny_dir)) == str(world_erasure)
-    assert build_spec(vocabulary_source(str(world_erasure), str(tiny_dir)), ["star"]).anchor_prompts[0] == "a shape"
+    assert vocabulary_source(str(world_erasure), str(tiny_model_dir)) == str(world_erasure)
+    source = vocabulary_source(str(world_erasure), str(tiny_model_dir))
+    assert build_spec(source, ["star"]).anchor_prompts[0] == "a shape"
     assert vocabulary_source(str(world_erasure), "embedded") == "embedded"
-    assert vocabulary_source(str(tiny_dir), str(tiny_dir)) == str(tiny_dir)  # neither: the base's words
-    assert compositional_prompts(str(world_erasure), "star") and not compositional_prompts(str(tiny_dir), "star")
+    tiny = str(tiny_model_dir)
+    assert vocabulary_source(tiny, tiny) == tiny  # neither: the base's words
+    assert compositional_prompts(str(world_erasure), "star") and not compositional_prompts(tiny, "star")
 
 
 def test_peak_rss_can_be_restarted_for_one_phase():
@@ -150,14 +146,14 @@ def test_peak_rss_can_be_restarted_for_one_phase():
     assert peak_rss_mb() < with_big - 150
 
 
-def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(tiny_dir, tmp_path):
+def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(tiny_model_dir, tmp_path):
     out = tmp_path / "dve"
-    delta = erase(str(tiny_dir), "dve", SPEC, out, show_progress=False)
+    delta = erase(str(tiny_model_dir), "dve", SPEC, out, show_progress=False)
     assert delta.hooks == {"dve": {"strength": 1.0}} and set(delta.tensors) == {"hook.dve.concept", "hook.dve.anchor"}
-    base = generate(load_pipeline(str(tiny_dir)), ["a star"], [0, 1], steps=3, show_progress=False)
+    base = generate(load_pipeline(str(tiny_model_dir)), ["a star"], [0, 1], steps=3, show_progress=False)
     erased = generate(load_pipeline(str(out)), ["a star"], [0, 1], steps=3, show_progress=False)
     assert not np.array_equal(base, erased)  # the hook was re-installed from the delta
     with pytest.raises(UserError, match="inference time"):
-        erase(str(tiny_dir), "dve", SPEC, tmp_path / "m", merge=True, show_progress=False)
+        erase(str(tiny_model_dir), "dve", SPEC, tmp_path / "m", merge=True, show_progress=False)
     with pytest.raises(UserError, match="cannot be merged"):
         ErasureDelta.load(out / "delta.safetensors").require_mergeable()

@@ -11,7 +11,7 @@ from score_erasure.errors import UserError
 from score_erasure.generate import generate
 from score_erasure.methods import get_method
 from score_erasure.spec import ConceptSpec
-from score_erasure.testing import FAST_CONFIGS, tiny_sd_pipeline
+from score_erasure.testing import FAST_CONFIGS
 
 
 @pytest.fixture
@@ -19,12 +19,6 @@ def options(monkeypatch):
     monkeypatch.setattr(models, "OPTIONS", models.RunOptions())
     return models.OPTIONS
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_sd_pipeline(0).save_pretrained(path)
-    return path
 
 
 def test_unknown_precision_or_device_is_a_user_error(options):
@@ -34,17 +28,17 @@ def test_unknown_precision_or_device_is_a_user_error(options):
         models.set_run_options(device="gpu0")
 
 
-def test_a_bf16_run_loads_and_draws_in_bf16(options, tiny_dir):
+def test_a_bf16_run_loads_and_draws_in_bf16(options, tiny_model_dir):
     models.set_run_options(dtype="bf16", device="cpu")
-    pipe = models.load_pipeline(str(tiny_dir))
+    pipe = models.load_pipeline(str(tiny_model_dir))
     assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
     images = generate(pipe, ["a star"], [0], steps=2, show_progress=False)
     assert images.shape == (1, 1, 32, 32, 3) and images.std() > 0
 
 
-def test_the_frozen_copy_can_be_kept_in_lower_precision(options, tiny_dir):
+def test_the_frozen_copy_can_be_kept_in_lower_precision(options, tiny_model_dir):
     models.set_run_options(frozen_dtype="bf16")
-    denoiser = denoiser_for(models.load_pipeline(str(tiny_dir)))
+    denoiser = denoiser_for(models.load_pipeline(str(tiny_model_dir)))
     frozen = denoiser.frozen_copy()
     assert frozen.network.dtype == torch.bfloat16 and denoiser.network.dtype == torch.float32
     x, cond = torch.randn(2, 4, 8, 8), denoiser.encode(["a star", "a circle"])

@@ -121,6 +121,21 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, encoders: s
     return pipe
 
 
+def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """Run the `score` command in-process as a user would (argv, exit code, stdout, stderr), for tests."""
+    import sys
+
+    import pytest
+
+    from score_erasure import cli
+
+    monkeypatch.setattr(sys, "argv", ["score", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
 def small_protocol_data(task: str, concept: str, per_group: int = 2, seeds: int = 2, steps: int = 2) -> dict:
     """A packaged protocol cut down to one concept, a few prompts per group, few seeds and steps."""
     import json

@@ -15,14 +15,6 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """The tiny pipeline saved as a diffusers folder, so it can be named by `--model`."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_pipeline(0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory):
     """A second tiny model with different weights (a stand-in for an erased model)."""
     path = tmp_path_factory.mktemp("tiny-model-2")

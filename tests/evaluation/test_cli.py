@@ -1,18 +1,9 @@
 """The evaluation commands: help, a run end to end, and one-line errors with a non-zero exit."""
 
-import sys
 
 import pytest
 
-from score_erasure import cli
-
-
-def run(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["score", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from score_erasure.testing import run_cli as run
 
 
 def one_line_error(code, err, *needles):

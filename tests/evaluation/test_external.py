@@ -6,16 +6,15 @@ The files under data/external are synthetic stand-ins with the real sets' column
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from score_erasure import cli
 from score_erasure.errors import UserError
 from score_erasure.evaluation import external
 from score_erasure.evaluation.judges import ClipJudge, NudeNetJudge
 from score_erasure.evaluation.protocol import Check, Protocol, load_protocol, resolve_protocol
+from score_erasure.testing import run_cli as run
 
 DATA = Path(__file__).parent / "data" / "external"
 I2P = DATA / "i2p_benchmark.csv"
@@ -183,12 +182,6 @@ def test_a_hub_id_while_offline_says_what_to_download_and_where_to_point():
         external.build_protocol("unlearndiff-nudity", "no/such/nudity.csv")
 
 
-def run(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["score", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_cli_writes_a_protocol_whose_hash_loading_reproduces(capsys, monkeypatch, tmp_path):

@@ -167,6 +167,20 @@ def encode_with_input_embeddings(encoder: nn.Module, input_ids: torch.Tensor, in
         handle.remove()
 
 
+class PooledConditioning:
+    """For backends whose conditioning is token states plus a pooled vector (SDXL, FLUX), packed by `pack_pooled`;
+    the class sets `states_width` and `pooled_width`."""
+
+    states_width: int
+    pooled_width: int
+
+    def unpack(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return unpack_pooled(cond, self.states_width, self.pooled_width)
+
+    def token_states(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.unpack(cond)[0]
+
+
 def pack_pooled(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     """Token states (B, L, D) and a pooled vector (B, P) as one conditioning (B, L + 1, max(D, P)): the pooled
     vector is a last token, both zero-padded to the common width. Models that read a pooled vector besides the

@@ -23,13 +23,13 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from score_erasure.backends.base import Denoiser, encode_with_input_embeddings, pack_pooled, unpack_pooled
+from score_erasure.backends.base import Denoiser, PooledConditioning, encode_with_input_embeddings, pack_pooled
 from score_erasure.errors import UserError
 
 DEFAULT_DISTILLED_GUIDANCE = 3.5  # FLUX.1-dev's default
 
 
-class FluxDenoiser(Denoiser):
+class FluxDenoiser(PooledConditioning, Denoiser):
     XATTN_KV = r"(^|\.)transformer_blocks\.\d+\.attn\.add_[kv]_proj\."
     XATTN = r"(^|\.)transformer_blocks\.\d+\.attn\.(add_[qkv]_proj|to_add_out|norm_added_[qk])\."
     network_attr = "transformer"
@@ -56,11 +56,6 @@ class FluxDenoiser(Denoiser):
     def pack(self, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         return pack_pooled(states, pooled)
 
-    def unpack(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return unpack_pooled(cond, self.states_width, self.pooled_width)
-
-    def token_states(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.unpack(cond)[0]
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:

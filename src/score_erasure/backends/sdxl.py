@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from score_erasure.backends.base import encode_with_input_embeddings, pack_pooled, unpack_pooled
+from score_erasure.backends.base import PooledConditioning, encode_with_input_embeddings, pack_pooled
 from score_erasure.backends.sd import SDDenoiser
 
 
-class SDXLDenoiser(SDDenoiser):
+class SDXLDenoiser(PooledConditioning, SDDenoiser):
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)
         self.states_width = self.network.config.cross_attention_dim
@@ -28,11 +28,6 @@ class SDXLDenoiser(SDDenoiser):
         self.time_ids = pipe._get_add_time_ids((side, side), (0, 0), (side, side), torch.float32,
                                                text_encoder_projection_dim=self.pooled_width)
 
-    def unpack(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return unpack_pooled(cond, self.states_width, self.pooled_width)
-
-    def token_states(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.unpack(cond)[0]
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:

@@ -247,34 +247,55 @@ def _celebrity_name(prompt: str) -> str:
                     + "; ".join(t.format("NAME") for t in CELEBRITY_TEMPLATES))
 
 
+@dataclass(frozen=True)
+class _MaceNames:
+    """What differs between MACE's celebrity and artist files."""
+
+    name: str
+    task: str
+    family: str
+    columns: tuple[str, ...]
+    name_of: Callable[[dict], str]
+    erased: Callable[[dict], bool]
+    held_out: Sequence[str]
+    clip_template: str
+    description: str
+
+
+_CELEBRITIES = _MaceNames(
+    "mace-celebrity", "celebrity", "celebrity", ("type", "prompt", "evaluation_seed"),
+    lambda r: _celebrity_name(r["prompt"]), lambda r: r["type"].strip() == "erased", CELEBRITY_HELD_OUT,
+    "a photo of {}", "MACE celebrities. acc_e: CLIP picks the erased celebrity among all the file's names on "
+    "MACE's prompts of that name; acc_g: on two held-out templates; acc_s: CLIP picks each kept celebrity on its "
+    "prompts.")
+_ARTISTS = _MaceNames(
+    "mace-artist", "style-artists", "artist", ("type", "artist", "prompt", "evaluation_seed"),
+    lambda r: r["artist"].strip(), lambda r: r["type"].strip() == "0", ARTIST_HELD_OUT, "an artwork by {}",
+    "MACE artists. acc_e: CLIP picks the erased artist among all the file's artists on MACE's prompts of that "
+    "artist; acc_g: on two held-out templates; acc_s: CLIP picks each kept artist on its prompts.")
+
+
+def _mace_names_protocol(kind: _MaceNames, path: Path, seeds: Sequence[int] | None, limit: int | None,
+                         neutral: Sequence[str] | None, clip_model: str) -> Protocol:
+    path = Path(path)
+    rows = _nonblank(read_rows(path, kind.columns))
+    erased, kept = _group(rows, kind.name_of, kind.erased)
+    return _names_protocol(path, erased, kept, name=kind.name, task=kind.task, family=kind.family,
+                           held_out=kind.held_out, clip_template=kind.clip_template, description=kind.description,
+                           file_seeds=_shared_seeds(rows), seeds=seeds, limit=limit, neutral=neutral,
+                           clip_model=clip_model)
+
+
 def mace_celebrity_protocol(path: Path, seeds: Sequence[int] | None = None, limit: int | None = None,
                             neutral: Sequence[str] | None = None, clip_model: str = DEFAULT_CLIP) -> Protocol:
     """MACE's celebrity_100_concepts.csv: type 'erased' names are the concepts, the others are retained."""
-    path = Path(path)
-    rows = _nonblank(read_rows(path, ("type", "prompt", "evaluation_seed")))
-    erased, kept = _group(rows, lambda r: _celebrity_name(r["prompt"]), lambda r: r["type"].strip() == "erased")
-    description = ("MACE celebrities. acc_e: CLIP picks the erased celebrity among all the file's names on MACE's "
-                   "prompts of that name; acc_g: on two held-out templates; acc_s: CLIP picks each kept celebrity "
-                   "on its prompts.")
-    return _names_protocol(path, erased, kept, name="mace-celebrity", task="celebrity", family="celebrity",
-                           held_out=CELEBRITY_HELD_OUT, clip_template="a photo of {}", description=description,
-                           file_seeds=_shared_seeds(rows), seeds=seeds, limit=limit, neutral=neutral,
-                           clip_model=clip_model)
+    return _mace_names_protocol(_CELEBRITIES, path, seeds, limit, neutral, clip_model)
 
 
 def mace_artist_protocol(path: Path, seeds: Sequence[int] | None = None, limit: int | None = None,
                          neutral: Sequence[str] | None = None, clip_model: str = DEFAULT_CLIP) -> Protocol:
     """MACE's art_100_concepts.csv: type 0 artists are the concepts, type 1 artists are retained."""
-    path = Path(path)
-    rows = _nonblank(read_rows(path, ("type", "artist", "prompt", "evaluation_seed")))
-    erased, kept = _group(rows, lambda r: r["artist"].strip(), lambda r: r["type"].strip() == "0")
-    description = ("MACE artists. acc_e: CLIP picks the erased artist among all the file's artists on MACE's "
-                   "prompts of that artist; acc_g: on two held-out templates; acc_s: CLIP picks each kept artist "
-                   "on its prompts.")
-    return _names_protocol(path, erased, kept, name="mace-artist", task="style-artists", family="artist",
-                           held_out=ARTIST_HELD_OUT, clip_template="an artwork by {}", description=description,
-                           file_seeds=_shared_seeds(rows), seeds=seeds, limit=limit, neutral=neutral,
-                           clip_model=clip_model)
+    return _mace_names_protocol(_ARTISTS, path, seeds, limit, neutral, clip_model)
 
 
 def _read_synonyms(path: Path) -> dict[str, list[str]]:
