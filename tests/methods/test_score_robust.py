@@ -27,3 +27,24 @@ def test_score_robust_fits_and_traces_the_inner_attack(pipe, spec):
     method = get_method("score-robust")
     trace = method.fit(denoiser_for(pipe), spec, method.config(FAST["score-robust"]), show_progress=False)
     assert len(trace.series("attack")) == 2 and len(trace.series("mi")) == 2
+
+
+def test_persistent_attacks_continue_one_vector_per_target_prompt(pipe, spec, monkeypatch):
+    import importlib
+
+    score_robust = importlib.import_module("score_erasure.methods.score_robust")
+
+    one_target = spec.model_copy(update={"target_prompts": spec.target_prompts[:1],
+                                         "anchor_prompts": spec.anchor_prompts[:1]})
+    cfg = get_method("score-robust").config({**FAST["score-robust"], "persistent": True, "attack_iterations": 2})
+    run = _RobustScore(denoiser_for(pipe), one_target, cfg)
+    starts, real = [], score_robust.soft_prompt_steps
+    monkeypatch.setattr(score_robust, "soft_prompt_steps",
+                        lambda d, prompt, v, *a: starts.append(v.clone()) or real(d, prompt, v, *a))
+    after = []
+    for k in range(3):
+        run.inner_attack(k)
+        after.append(run.vectors[0].clone())
+        assert len(run.c_e) == 2  # the clean prompt and its one adversarial δ, replaced, never appended
+    assert torch.equal(starts[1], after[0]) and torch.equal(starts[2], after[1])  # each attack continues the last δ
+    assert not torch.equal(after[0], after[1])

@@ -8,7 +8,10 @@ the *current* model ε_θ denoises the base model's images of that prompt best:
 
 c([δ*; P]) then joins c_e, the prompts labelled C = 1: the erasure term, the trajectory terms and the
 discriminator's concept branch all draw from it (as AdvUnlearn adds its adversarial prompts to the unlearning
-objective). At most `max_adversarial` found prompts are kept, the oldest dropped. Found prompts are not
+objective). At most `max_adversarial` found prompts are kept, the oldest dropped. With `persistent`, each target
+prompt keeps one adversarial δ that every later inner attack on it continues from (persistent adversarial
+examples): over a run the attack accumulates attack_iterations x (iterations / attack_every) steps, the budget
+of a real inversion attack, instead of restarting from a neutral word each time. Found prompts are not
 checkpointed: a resumed run starts finding them afresh.
 """
 
@@ -33,6 +36,7 @@ class ScoreRobustConfig(ScoreConfig):
     attack_lr: float = Field(1e-2, gt=0)
     attack_batch: int = Field(2, ge=1)
     max_adversarial: int = Field(8, ge=1)
+    persistent: bool = False  # continue each target prompt's δ across inner attacks instead of restarting it
 
 
 class _RobustScore(_Score):
@@ -41,6 +45,8 @@ class _RobustScore(_Score):
         self.c_clean = self.c_e
         self.attack_prompts = [token_prompt(denoiser, [cfg.attack_tokens, p]) for p in spec.target_prompts]
         self.found: list[torch.Tensor] = []
+        self.vectors: dict[int, torch.Tensor] = {}  # persistent δ per target prompt
+        self.by_prompt: dict[int, torch.Tensor] = {}
 
     def inner_attack(self, k: int) -> float:
         """Attack one target prompt on the current model; its found conditioning joins c_e."""
@@ -48,10 +54,18 @@ class _RobustScore(_Score):
         i = int(np.random.default_rng([cfg.seed, 4, k]).integers(len(self.attack_prompts)))
         x_tgt = self.bank_e[0][self.bank_e[1] == i]  # the base model's samples of prompt i
         prompt = self.attack_prompts[i]
-        v, trace = soft_prompt_steps(d, prompt, initial_vectors(d, "thing", cfg.attack_tokens), x_tgt, self.t,
-                                     cfg.attack_iterations, cfg.attack_lr, cfg.attack_batch, generator(cfg.seed, 4, k))
+        start = self.vectors.get(i) if cfg.persistent else None
+        v, trace = soft_prompt_steps(d, prompt, initial_vectors(d, "thing", cfg.attack_tokens) if start is None
+                                     else start, x_tgt, self.t, cfg.attack_iterations, cfg.attack_lr,
+                                     cfg.attack_batch, generator(cfg.seed, 4, k))
         with torch.no_grad():
-            self.found = [*self.found, prompt.condition(d, v)][-cfg.max_adversarial:]
+            found = prompt.condition(d, v)
+        if cfg.persistent:  # one δ per target prompt, its conditioning replaced as δ moves on
+            self.vectors[i] = v.detach()
+            self.by_prompt[i] = found
+            self.found = list(self.by_prompt.values())[-cfg.max_adversarial:]
+        else:
+            self.found = [*self.found, found][-cfg.max_adversarial:]
         self.c_e = torch.cat([self.c_clean, *self.found])
         return trace[-1]
 
