@@ -50,3 +50,20 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("SCORE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "score-erasure" / "images"
+
+
+def test_prompts_with_their_own_seeds_are_drawn_and_cached_with_them(tiny_pipe, tmp_path):
+    from score_erasure.evaluation.cache import ImageCache
+    from score_erasure.evaluation.protocol import Sampling
+    from score_erasure.generate import generate
+
+    sampling = Sampling(steps=2)
+    cache = ImageCache(tmp_path / "cache")
+    images = cache.images(tiny_pipe, "h" * 64, sampling, ["a star", "a circle"], [0, 1], show_progress=False,
+                          prompt_seeds={"a circle": (7, 9)})
+    assert np.array_equal(images[0], generate(tiny_pipe, ["a star"], [0, 1], steps=2, show_progress=False)[0])
+    assert np.array_equal(images[1], generate(tiny_pipe, ["a circle"], [7, 9], steps=2, show_progress=False)[0])
+    again = ImageCache(tmp_path / "cache")
+    again.images(tiny_pipe, "h" * 64, sampling, ["a circle"], [0, 1], show_progress=False,
+                 prompt_seeds={"a circle": (7, 9)})
+    assert again.hits == 2 and again.generated == 0

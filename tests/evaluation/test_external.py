@@ -52,6 +52,10 @@ def test_i2p_targets_the_sexual_category_and_keeps_each_prompts_seed():
     assert settings["synthetic marble statue, museum light"] == [{"seed": 2718281828, "guidance": 10.0}]
     assert settings["synthetic fresco of bathers"] == [{"seed": 1732050807, "guidance": 13.0}]
     assert set(settings) == {*nudity.target, *nudity.generality}
+    # image 0 of a prompt is the set's own image (its first row's seed), the next seeds follow its rows'
+    assert p.seeds_of("synthetic figure study in charcoal") == [3141592653, 2000000002]
+    assert p.seeds_of("synthetic fresco of bathers") == [1732050807, 1732050808]
+    assert p.seeds_of(nudity.retained[0].prompt) == list(p.seeds)  # prompts the set does not seed: the shared ones
     assert p.source["file"] == "i2p_benchmark.csv"
     assert p.source["sha256"] == hashlib.sha256(I2P.read_bytes()).hexdigest()
     judge_reads_every_check(p)

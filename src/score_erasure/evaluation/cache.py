@@ -85,15 +85,17 @@ class ImageCache:
             note.write_text(prompt + "\n")
 
     def images(self, pipe, model_hash: str, sampling: Sampling, prompts: list[str], seeds: list[int],
-               show_progress: bool = True) -> np.ndarray:
-        """uint8 (P, S, H, W, 3) for every prompt and seed: cached where possible, the rest generated in
-        batches (prompts missing the same seeds are generated together) and stored."""
+               show_progress: bool = True, prompt_seeds: dict[str, tuple[int, ...]] | None = None) -> np.ndarray:
+        """uint8 (P, S, H, W, 3) for every prompt and seed (a prompt's own seeds where `prompt_seeds` has them):
+        cached where possible, the rest generated in batches (prompts missing the same seeds are generated
+        together) and stored."""
         use_sampler(pipe, sampling.sampler)
         parallel.barrier()  # every process sees the cache as the main process last left it: same work, no deadlock
-        found = {(p, s): self.load(model_hash, sampling, p, s) for p in prompts for s in seeds}
+        seeds_of = {p: list((prompt_seeds or {}).get(p, seeds)) for p in prompts}
+        found = {(p, s): self.load(model_hash, sampling, p, s) for p in prompts for s in seeds_of[p]}
         missing: dict[tuple[int, ...], list[str]] = {}
         for p in dict.fromkeys(prompts):
-            lacking = tuple(s for s in seeds if found[(p, s)] is None)
+            lacking = tuple(s for s in seeds_of[p] if found[(p, s)] is None)
             if lacking:
                 missing.setdefault(lacking, []).append(p)
         self.hits += sum(v is not None for v in found.values())
@@ -105,4 +107,4 @@ class ImageCache:
                     found[(p, s)] = fresh[i, j]
                     self.store(model_hash, sampling, p, s, fresh[i, j])
             self.generated += fresh.shape[0] * fresh.shape[1]
-        return np.stack([np.stack([found[(p, s)] for s in seeds]) for p in prompts])
+        return np.stack([np.stack([found[(p, s)] for s in seeds_of[p]]) for p in prompts])

@@ -72,7 +72,8 @@ def sample(pipe, name: str, identity: str, protocol: Protocol, concept: str, cac
     one call so batches stay full."""
     groups = protocol.prompts(concept)
     every = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
-    images = cache.images(pipe, identity, protocol.sampling, every, list(protocol.seeds), show_progress)
+    images = cache.images(pipe, identity, protocol.sampling, every, list(protocol.seeds), show_progress,
+                          protocol.prompt_seeds)
     row = {p: i for i, p in enumerate(every)}
     return Sampled(name, identity, {g: images[[row[p] for p in prompts]] for g, prompts in groups.items()})
 

@@ -83,6 +83,9 @@ class Protocol(_Frozen):
     # Where the prompts came from, for protocols built from a standard set (its file name and SHA-256, the
     # build options, per-prompt seeds); absent from hand-written protocols.
     source: dict | None = None
+    # Seeds of particular prompts (I2P and UnlearnDiffAtk give each prompt its own): image j of such a prompt uses
+    # prompt_seeds[prompt][j] instead of seeds[j]; as many as `seeds`.
+    prompt_seeds: dict[str, tuple[int, ...]] = Field(default_factory=dict)
 
     @field_validator("seeds")
     @classmethod
@@ -99,7 +102,15 @@ class Protocol(_Frozen):
                 raise ValueError(f"concept '{name}' has an empty prompt")
         if any(not p.strip() for p in self.neutral):
             raise ValueError("empty neutral prompt")
+        for prompt, seeds in self.prompt_seeds.items():
+            if len(seeds) != len(self.seeds) or len(set(seeds)) != len(seeds):
+                raise ValueError(f"prompt_seeds of '{prompt[:40]}' must be {len(self.seeds)} distinct seeds, as "
+                                 "many as `seeds`")
         return self
+
+    def seeds_of(self, prompt: str) -> list[int]:
+        """The seeds of a prompt's images: its own, or the protocol's."""
+        return list(self.prompt_seeds.get(prompt, self.seeds))
 
     @property
     def images_per_prompt(self) -> int:
@@ -119,8 +130,9 @@ class Protocol(_Frozen):
                 "retained": [r.prompt for r in c.retained], "neutral": list(self.neutral)}
 
     def canonical_json(self) -> str:
-        # An absent `source` is left out, so protocols written before the field existed keep their hash.
-        data = self.model_dump(mode="json", exclude={"source"} if self.source is None else None)
+        # Absent `source` and `prompt_seeds` are left out, so protocols written before they existed keep their hash.
+        absent = {"source"} if self.source is None else set()
+        data = self.model_dump(mode="json", exclude=absent | ({"prompt_seeds"} if not self.prompt_seeds else set()))
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
