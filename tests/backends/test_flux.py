@@ -71,3 +71,33 @@ def test_a_saved_single_encoder_flux_pipeline_loads_by_path(tmp_path):
     assert type(loaded) is type(pipe) and resolution(loaded) == (32, 32)
     a = generate(pipe, ["a star"], [0], steps=2, show_progress=False)
     assert (a == generate(loaded, ["a star"], [0], steps=2, show_progress=False)).all()
+
+
+def test_erase_attack_evaluate_and_certify_run_unchanged_on_saved_flux_models(tmp_path):
+    """The whole chain through files, on FLUX: erase (a delta on the transformer), attack the erased model,
+    evaluate it against its base, certify it with the attack's finds."""
+    import json
+
+    from score_erasure.attacks.run import run_attack
+    from score_erasure.certify.certificate import certify
+    from score_erasure.erase import erase
+    from score_erasure.evaluation.evaluate import evaluate
+    from score_erasure.testing import FAST_CONFIGS, small_protocol_data
+
+    base = tmp_path / "flux"
+    tiny_flux_pipeline(0).save_pretrained(base)
+    protocol = tmp_path / "object-star.json"
+    protocol.write_text(json.dumps(small_protocol_data("object", "star")))
+    delta = erase(str(base), "esd-x", SPEC, tmp_path / "erased", FAST_CONFIGS["esd-x"], show_progress=False)
+    assert delta.network == "transformer" and all("add_" in k or "to_add_out" in k or "norm_added" in k
+                                                  for k in delta.tensors)
+    erased = str(tmp_path / "erased")
+    attack = run_attack(erased, "inversion", "star", tmp_path / "attack", base=str(base), protocol_path=protocol,
+                        overrides={"iterations": 2, "target_images": 1, "batch": 1}, use_cache=False,
+                        show_progress=False)
+    report = evaluate(erased, "star", tmp_path / "eval", base=str(base), protocol_path=protocol, use_cache=False,
+                      show_progress=False)
+    certificate = certify(erased, "star", tmp_path / "cert", base=str(base), protocol_path=protocol,
+                          attack_folders=[tmp_path / "attack"], overrides={"n": 16, "folds": 2})
+    assert 0 <= attack.asr.value <= 1 and "acc_e" in report.metrics and report.model_hash != report.base_hash
+    assert 0 <= certificate.mi_nats.value <= 0.7 and "<S*> a star" in certificate.concept_prompts

@@ -38,9 +38,13 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmso
 
 
 def use_sampler(pipe, sampler: str) -> None:
-    """Give `pipe` the protocol's sampler, keeping its scheduler config (schedule, prediction type, spacing)."""
+    """Give `pipe` the protocol's sampler, keeping its scheduler config (schedule, prediction type, spacing).
+    A flow model (FLUX) keeps its own flow-matching Euler scheduler: the protocol's diffusion samplers do not
+    apply to a velocity field."""
     import diffusers
 
+    if type(pipe.scheduler).__name__.startswith("FlowMatch"):
+        return
     name = SCHEDULERS[sampler]
     if type(pipe.scheduler).__name__ != name:
         pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
