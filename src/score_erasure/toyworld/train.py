@@ -28,7 +28,7 @@ from score_erasure.toyworld import captions, model
 
 
 class TrainConfig(BaseModel):
-    """Defaults: about 1h45 on 2 CPU cores (measured in docs/embedded-model.md)."""
+    """Defaults: about 2 hours on 2 CPU cores for the SD model (measured in docs/embedded-model.md)."""
 
     model_config = ConfigDict(frozen=True)
 
