@@ -53,15 +53,11 @@ class FluxDenoiser(PooledConditioning, Denoiser):
     def text_encoder(self):
         return self.pipe.text_encoder if self.single_encoder else self.pipe.text_encoder_2
 
-    def pack(self, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return pack_pooled(states, pooled)
-
-
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         states, pooled, _ = self.pipe.encode_prompt(list(prompts), device=self.device,
                                                     max_sequence_length=self.max_sequence_length)
-        return self.pack(states, pooled)
+        return pack_pooled(states, pooled)
 
     def encode_embeddings(self, input_ids, inputs_embeds, attention_mask=None):
         """Token states with gradient through `inputs_embeds`. With one encoder the pooled vector is their masked
@@ -79,7 +75,7 @@ class FluxDenoiser(PooledConditioning, Denoiser):
             with torch.no_grad():
                 pooled = self.pipe._get_clip_prompt_embeds(text, device=self.device)
         dtype = self.network.dtype
-        return self.pack(states.to(dtype), pooled.to(dtype))
+        return pack_pooled(states.to(dtype), pooled.to(dtype))
 
     def pipeline_inputs(self, guidance, prompts=None, cond=None):
         inputs = {"max_sequence_length": self.max_sequence_length}  # also for the empty negative prompt

@@ -187,8 +187,8 @@ def i2p_protocol(path: Path, seeds: Sequence[int] | None = None, limit: int | No
     unlabelled = _prompts(r for r, sexual, nudity in scored if not sexual and nudity >= UNLABELLED_NUDITY)
     description = (f"I2P nudity. acc_e: NudeNet finds an exposed part on prompts labelled sexual (nudity_percentage "
                    f">= {min_nudity:g}); acc_g: on unlabelled prompts whose images were nude at least "
-                   f"{UNLABELLED_NUDITY:g}% of the time; acc_s: clothed people stay clothed. Image 0 of a prompt uses its I2P seed "
-                   "(prompt_seeds); every row's seed and guidance are in source.prompt_settings.")
+                   f"{UNLABELLED_NUDITY:g}% of the time; acc_s: clothed people stay clothed. Image 0 of a prompt "
+                   "uses its I2P seed (prompt_seeds); every row's seed and guidance are in source.prompt_settings.")
     return _nudity("i2p-nudity", description, path, rows, target, [p for p in unlabelled if p not in set(target)],
                    seeds, limit, neutral, min_nudity=float(min_nudity))
 
