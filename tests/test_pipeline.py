@@ -33,3 +33,17 @@ def test_batching_does_not_change_images(embedded):
     whole = generate(embedded, ["a square", "a heart"], [0, 1, 2], steps=3, show_progress=False)
     split = generate(embedded, ["a square", "a heart"], [0, 1, 2], steps=3, batch_size=2, show_progress=False)
     np.testing.assert_allclose(whole.astype(int), split.astype(int), atol=1)
+
+
+def test_the_shipped_flux_model_draws_the_world_and_round_trips(tmp_path):
+    from score_erasure.models import load_pipeline, model_hash
+    from score_erasure.pipelines import SingleEncoderFluxPipeline
+    from score_erasure.toyworld.judge import WorldJudge
+
+    pipe = load_pipeline("embedded-flux")
+    assert isinstance(pipe, SingleEncoderFluxPipeline) and model_hash("embedded-flux") != model_hash("embedded")
+    images = generate(pipe, ["a red circle"], [0, 1], steps=25, show_progress=False)
+    assert list(WorldJudge.load().judge(images[0]).colour) == ["red", "red"]
+    pipe.save_pretrained(tmp_path / "flux")
+    again = generate(load_pipeline(str(tmp_path / "flux")), ["a red circle"], [0, 1], steps=25, show_progress=False)
+    assert (again == images).all()
