@@ -109,3 +109,13 @@ def test_variant_flag_parsing(tmp_path):
     assert parse_variant("plain=esd-u") == ("plain", ("esd-u", {}))
     with pytest.raises(UserError, match="LABEL=METHOD:CONFIG"):
         parse_variant("score")
+
+
+def test_a_saved_row_is_keyed_by_the_resolved_config():
+    """A changed default (or override) must rerun a row under --resume: the key holds the whole config."""
+    from score_erasure.evaluation.bench import _method_config
+
+    default = _method_config("uce", None)
+    assert default["lamb"] == 0.5 and default == _method_config("uce-tail", ("uce", {}))
+    assert _method_config("uce-tail", ("uce", {"lamb": 0.1}))["lamb"] == 0.1
+    assert _method_config("none", None) is None

@@ -105,7 +105,17 @@ def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attack
 
     return {"method": name, "variant": list(variant) if variant else None, "task": request.task,
             "concept": request.concept, "base_hash": base.hash, "protocol_hash": protocol.hash,
-            "attacks": list(attacks), "versions": versions()}
+            "attacks": list(attacks), "config": _method_config(name, variant), "versions": versions()}
+
+
+def _method_config(name: str, variant: tuple[str, dict] | None) -> dict | None:
+    """The resolved config a row was computed with (defaults included), so that a changed default reruns it."""
+    try:
+        from score_erasure.methods import METHODS
+    except ImportError:
+        return None
+    method, overrides = variant if variant else (name, {})
+    return METHODS[method].config(overrides).model_dump(mode="json") if method in METHODS else None
 
 
 def _saved_row(folder: Path, key: dict) -> BenchRow | None:
