@@ -66,7 +66,7 @@ class _Trainer:
     """A resumable optimisation loop over one module: checkpoint layout and bookkeeping in one place."""
 
     def __init__(self, name: str, module: torch.nn.Module, lr: float, steps: int, warmup: int,
-                 run_dir: Path, every: int, ema_decay: float | None = None):
+                 run_dir: Path, every: int, ema_decay: float | None = None, resume: bool = False):
         self.name, self.module, self.steps, self.warmup, self.every = name, module, steps, warmup, every
         self.path = run_dir / f"{name}-checkpoint.safetensors"
         self.opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0, fused=True)
@@ -75,6 +75,8 @@ class _Trainer:
                     if ema_decay else None)
         self.start = 0
         self.log = (run_dir / f"{name}-log.jsonl").open("a")
+        if resume:
+            self.resume()
 
     def resume(self) -> None:
         if not self.path.exists():
@@ -140,9 +142,7 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
 def train_vae(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resume: bool,
               budget: list[int] | None = None) -> bool:
     vae = model.new_vae()
-    trainer = _Trainer("vae", vae, cfg.vae_lr, cfg.vae_steps, 100, run_dir, cfg.checkpoint_every)
-    if resume:
-        trainer.resume()
+    trainer = _Trainer("vae", vae, cfg.vae_lr, cfg.vae_steps, 100, run_dir, cfg.checkpoint_every, resume=resume)
 
     def loss_fn(step: int) -> torch.Tensor:
         rng, gen = _step_rng(cfg.seed, 1, step)
@@ -246,9 +246,7 @@ def train_unet(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
                           lambda gen, n: torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,),
                                                        generator=gen))
     trainer = _Trainer("unet", unet, cfg.unet_lr, cfg.unet_steps, cfg.warmup_steps, run_dir,
-                       cfg.checkpoint_every, ema_decay=cfg.ema_decay)
-    if resume:
-        trainer.resume()
+                       cfg.checkpoint_every, ema_decay=cfg.ema_decay, resume=resume)
 
     def loss_fn(step: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x0, noise, t = batch["x0"], batch["noise"], batch["t"]
@@ -291,9 +289,7 @@ def train_flux(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
 
     batches = StepBatches(cfg, 3, cfg.flux_batch, pool, scenes, characters, denoiser.encode, draw_t)
     trainer = _Trainer("flux", transformer, cfg.flux_lr, cfg.flux_steps, cfg.warmup_steps, run_dir,
-                       cfg.checkpoint_every, ema_decay=cfg.ema_decay)
-    if resume:
-        trainer.resume()
+                       cfg.checkpoint_every, ema_decay=cfg.ema_decay, resume=resume)
 
     def loss_fn(step: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x0, noise, t = batch["x0"], batch["noise"], batch["t"]
