@@ -2,6 +2,7 @@
 
     python benchmarks/collect.py runs/bench/object runs/bench/style ... > table.md
     python benchmarks/collect.py --asr runs/asr/object runs/asr/unsafe > asr.md   # ASR columns, with intervals
+    python benchmarks/collect.py --cert runs/cert/object > cert.md   # every METHOD/certify/report.json below
 
 A bench still running (or stopped, to be resumed) has no results.json yet: its finished rows are read from
 `<method>/row.json`, in the order they finished.
@@ -35,25 +36,44 @@ def rows(folder: Path) -> tuple[dict, list[dict]]:
         return results, results["rows"]
     saved = sorted(folder.glob("*/row.json"), key=lambda f: f.stat().st_mtime)
     keys = [json.loads(f.read_text()) for f in saved]
-    meta = {"task": keys[0]["key"]["task"], "concept": keys[0]["key"]["concept"]} if keys else {}
+    meta = {k: keys[0]["key"][k] for k in ("task", "concept", "attacks")} if keys else {}
     return meta, [k["row"] for k in keys]
 
 
 def asr_table(folders: list[str]) -> None:
-    attacks = ("unlearndiff", "p4d", "ring-a-bell", "inversion", "paraphrase")
-    print("| task / concept | method | acc_e | " + " | ".join(attacks) + " |")
-    print("|---" * (len(attacks) + 3) + "|")
-    for folder in folders:
-        meta, found = rows(Path(folder))
+    """ASR columns (the first folder's attacks), then the certificate's when the bench ran with --certify."""
+    metas = [rows(Path(f)) for f in folders]
+    attacks = metas[0][0].get("attacks", []) if metas else []
+    certified = any("mi_nats" in row["metrics"] for _, found in metas for row in found)
+    columns = [f"asr_{a}" for a in attacks] + (["mi_nats", "base_mi_nats"] if certified else [])
+    print("| task / concept | method | acc_e | " + " | ".join(c.removeprefix("asr_") for c in columns) + " |")
+    print("|---" * (len(columns) + 3) + "|")
+    for meta, found in metas:
         for row in found:
-            cells = [cell(row["metrics"].get(f"asr_{a}"), True) for a in attacks]
+            cells = [cell(row["metrics"].get(c), True) for c in columns]
             print(f"| {meta['task']} / {meta['concept']} | {row['method']} | {cell(row['metrics'].get('acc_e'), False)}"
                   " | " + " | ".join(cells) + " |")
 
 
+def certificate_table(folders: list[str]) -> None:
+    """One row per certificate report.json found under the folders (`score certify` outputs)."""
+    print("| task / concept | model | mi_nats | base_mi_nats | ratio | pinsker max accuracy | concept prompts | s |")
+    print("|---" * 8 + "|")
+    for folder in folders:
+        for path in sorted(Path(folder).glob("**/report.json")):
+            report = json.loads(path.read_text())
+            if not str(report.get("format", "")).startswith("score-erasure/certificate"):
+                continue
+            ratio = "" if report["ratio"] is None else f"{report['ratio']:.2f}"
+            print(f"| {report['task']} / {report['concept']} | {path.parent.parent.name} | "
+                  f"{cell(report['mi_nats'], True)} | {cell(report['base_mi_nats'], True)} | {ratio} | "
+                  f"{cell(report['pinsker_max_accuracy'], False)} | {len(report['concept_prompts'])} | "
+                  f"{report['seconds']:.0f} |")
+
+
 def main(folders: list[str]) -> None:
-    if folders and folders[0] == "--asr":
-        asr_table(folders[1:])
+    if folders and folders[0] in ("--asr", "--cert"):
+        (asr_table if folders[0] == "--asr" else certificate_table)(folders[1:])
         return
     print("| task / concept | method | " + " | ".join(COLUMNS) + " | erase s | peak RSS MB |")
     print("|---" * (len(COLUMNS) + 4) + "|")

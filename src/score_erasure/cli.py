@@ -211,7 +211,7 @@ def world_train(
     arch: Annotated[str, typer.Option(help="'sd': the embedded model's VAE and UNet; 'flux': embedded-flux's "
                                            "transformer, on the shipped VAE.")] = "sd",
 ) -> None:
-    """Train an embedded model on the rendered world (sd: about 2 hours on 2 CPU cores; see the model card)."""
+    """Train an embedded model on the rendered world (sd: 102 minutes on 2 CPU cores; see the model card)."""
     from score_erasure.toyworld.train import TrainConfig, install_weights, train
 
     if arch not in ("sd", "flux"):

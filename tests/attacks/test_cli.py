@@ -57,3 +57,19 @@ def test_bench_adds_an_asr_column_per_attack(tmp_path, tiny_model_dirs, protocol
     assert set(rows[0].metrics["asr_paraphrase"]) == {"value", "ci_low", "ci_high"}
     assert "asr_paraphrase" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "none" / "attack-paraphrase" / "report.json").is_file()
+
+
+def test_bench_certifies_each_row_with_its_attacks_finds(tmp_path, tiny_model_dirs, protocol_file):
+    from score_erasure.evaluation.bench import bench
+
+    rows = bench(str(tiny_model_dirs[0]), "star", ["none"], tmp_path, protocol_path=protocol_file, use_cache=False,
+                 attacks=["paraphrase"], certify={"n": 8, "folds": 2})
+    assert rows[0].status == "ok", rows[0].error
+    leak, base_leak = rows[0].metrics["mi_nats"], rows[0].metrics["base_mi_nats"]
+    assert set(leak) == {"value", "ci_low", "ci_high"} and leak == base_leak  # `none` is its own base
+    assert "| mi_nats | base_mi_nats |" in (tmp_path / "results.md").read_text()
+    report = json.loads((tmp_path / "none" / "certify" / "report.json").read_text())
+    finds = json.loads((tmp_path / "none" / "attack-paraphrase" / "report.json").read_text())
+    assert report["n_per_class"] == 8 and report["config"]["attack_folders"] == [
+        str(tmp_path / "none" / "attack-paraphrase")]
+    assert finds["rows"] and {r["adversarial"] for r in finds["rows"]} <= set(report["concept_prompts"])

@@ -95,16 +95,10 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
             protocol_path: Path | None = None, attack_folders: list[Path] | None = None,
             overrides: dict | None = None):
     """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
-    from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
-
     start = time.time()
     cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
     protocol = resolve_protocol(task, protocol_path)
     protocol.concept(concept)
-    judge = load_judge(protocol.judge)
-    if not judge.has_features:
-        raise UserError(f"judge '{judge.name}' has no image features for the probes to read; use a protocol whose "
-                        "judge has them (world, clip)")
     for folder in attack_folders or []:
         if not any((Path(folder) / "prompts").glob("*.safetensors")):
             raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "
@@ -112,19 +106,35 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)
     check_resolutions(pipe, base_pipe, model, base)
-    spec = build_spec(vocabulary_source(model, base), [concept])
+    return certify_pipelines(pipe, base_pipe, (model, base), (model_hash(model), model_hash(base)), concept,
+                             protocol, build_spec(vocabulary_source(model, base), [concept]),
+                             list(attack_folders or []), cfg, out, start)
+
+
+def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str, str], concept: str,
+                      protocol: Protocol, spec: ConceptSpec, attack_folders: list[Path], cfg: CertifyConfig,
+                      out: Path, start: float | None = None):
+    """The certificate of loaded pipelines (`score certify`, and `score bench --certify` on an erased pipeline
+    that has no files): `names` and `hashes` identify (model, base) in the report."""
+    from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
+
+    start = time.time() if start is None else start
+    judge = load_judge(protocol.judge)
+    if not judge.has_features:
+        raise UserError(f"judge '{judge.name}' has no image features for the probes to read; use a protocol whose "
+                        "judge has them (world, clip)")
     concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept, spec, cfg.neutral,
-                                                        list(attack_folders or []))
+                                                        attack_folders)
     leak, concept_images, neutral_images = leakage_of(pipe, judge, concept_inputs, neutral_inputs, protocol, cfg)
     base_leak, base_concept_images, base_neutral_images = (
         (leak, concept_images, neutral_images) if base_pipe is pipe
         else leakage_of(base_pipe, judge, concept_inputs, neutral_inputs, protocol, cfg))
     report = CertificateReport(
-        task=protocol.task, concept=concept, model=model, base=base, model_hash=model_hash(model),
-        base_hash=model_hash(base), protocol={"name": protocol.name, "version": protocol.version},
+        task=protocol.task, concept=concept, model=names[0], base=names[1], model_hash=hashes[0],
+        base_hash=hashes[1], protocol={"name": protocol.name, "version": protocol.version},
         protocol_hash=protocol.hash, config={**cfg.model_dump(), "judge": judge.describe(),
                                              "sampling": protocol.sampling.model_dump(),
-                                             "attack_folders": [str(f) for f in attack_folders or []]},
+                                             "attack_folders": [str(f) for f in attack_folders]},
         n_per_class=cfg.n, concept_prompts=[f.adversarial for f in concept_inputs],
         neutral_prompts=[f.adversarial for f in neutral_inputs],
         **leakage_record(leak, base_leak), assumption=ASSUMPTION, **provenance(), seconds=0.0)

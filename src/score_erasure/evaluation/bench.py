@@ -31,6 +31,7 @@ from score_erasure.provenance import peak_rss_mb, provenance, reset_peak_rss
 
 status = Console(stderr=True)
 TABLE_METRICS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr")
+CERTIFICATE_COLUMNS = ("mi_nats", "base_mi_nats")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ class BenchRow:
     report: str | None = None
 
 
-def attack_columns(attacks: list[str]) -> tuple[str, ...]:
-    return tuple(f"asr_{a}" for a in attacks)
+def attack_columns(attacks: list[str], certify: bool = False) -> tuple[str, ...]:
+    """The columns after TABLE_METRICS: one ASR per attack, then the certificate's."""
+    return tuple(f"asr_{a}" for a in attacks) + (CERTIFICATE_COLUMNS if certify else ())
 
 
 def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest, protocol,
@@ -98,14 +100,31 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
     return found
 
 
+def _certificate_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest,
+                         protocol, out: Path, attacks: list[str], overrides: dict) -> dict[str, dict]:
+    """`score certify` on the erased pipeline, its concept prompts joined by what this row's attacks found."""
+    from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
+    from score_erasure.errors import validated_config
+    from score_erasure.spec import build_spec
+
+    status.log(f"bench: certificate of {name}")
+    folders = [out / f"attack-{a}" for a in attacks if any((out / f"attack-{a}" / "prompts").glob("*.safetensors"))]
+    report = certify_pipelines(erased, base_pipe, (name, request.model), (identity, base.hash), request.concept,
+                               protocol, build_spec(request.model, [request.concept]), folders,
+                               validated_config(CertifyConfig, overrides, "certify"),
+                               out / "certify")
+    return {k: getattr(report, k).model_dump() for k in CERTIFICATE_COLUMNS}
+
+
 def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attacks: list[str],
-             variant: tuple[str, dict] | None) -> dict:
+             variant: tuple[str, dict] | None, certify: dict | None = None) -> dict:
     """Everything a finished row depends on: a saved row is reused only when all of it is unchanged."""
     from score_erasure.provenance import versions
 
     return {"method": name, "variant": list(variant) if variant else None, "task": request.task,
             "concept": request.concept, "base_hash": base.hash, "protocol_hash": protocol.hash,
-            "attacks": list(attacks), "config": _method_config(name, variant), "versions": versions()}
+            "attacks": list(attacks), "config": _method_config(name, variant), "versions": versions(),
+            **({"certify": certify} if certify is not None else {})}
 
 
 def _method_config(name: str, variant: tuple[str, dict] | None) -> dict | None:
@@ -127,7 +146,8 @@ def _saved_row(folder: Path, key: dict) -> BenchRow | None:
 
 
 def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, base: Sampled, protocol,
-                scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = ()) -> BenchRow:
+                scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = (),
+                certify: dict | None = None) -> BenchRow:
     start = time.time()
     measured_alone = reset_peak_rss()
     pipe = load_pipeline(model)  # a fresh copy per method: a method may edit the pipeline in place
@@ -146,8 +166,12 @@ def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, 
     write_report(report, sampled.images, base.images, out / name)
     asr = _attack_metrics(erased, name, base_pipe, base, sampled.hash, request, protocol, scorers, out / name,
                           list(attacks)) if attacks else {}
+    # The unmodified model is certified against itself (one set of images, not two).
+    leakage = (_certificate_metrics(base_pipe if erase is keep_unchanged else erased, name, base_pipe, base,
+                                   sampled.hash, request, protocol, out / name, list(attacks), certify)
+               if certify is not None else {})
     return BenchRow(name, "ok", erase_seconds=erase_seconds, peak_rss_mb=peak, seconds=time.time() - start,
-                    metrics={**{k: v.model_dump() for k, v in report.metrics.items()}, **asr},
+                    metrics={**{k: v.model_dump() for k, v in report.metrics.items()}, **asr, **leakage},
                     report=str(Path(name) / "report.html"))
 
 
@@ -155,11 +179,13 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
           protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
           fid_features: Path | None = None, clip_model: str | None = None, command: str = "",
           attacks: list[str] | None = None, variants: dict[str, tuple[str, dict]] | None = None,
-          resume: bool = False) -> list[BenchRow]:
+          resume: bool = False, certify: dict | None = None) -> list[BenchRow]:
     """Evaluate every method against `model` (the base); writes results.md, results.json, results.png and one
     report folder per method under `out`. Each of `attacks` adds an ASR column (`asr_<attack>`). `variants`
     adds rows `label -> (method, config overrides)`: an ablation is a variant of a method. With `resume`, a
-    method whose saved row matches this run (same base, protocol, attacks, variant, versions) is not rerun."""
+    method whose saved row matches this run (same base, protocol, attacks, variant, versions) is not rerun.
+    `certify` (CertifyConfig overrides; {} for the defaults) adds each row's leakage certificate (`mi_nats`,
+    `base_mi_nats`; the attacks' finds among its concept prompts)."""
     start = time.time()
     registry = method_registry()
     unknown = [m for m in methods if m not in registry]
@@ -175,6 +201,11 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
             registry[label] = eraser(method, overrides)
         methods = [*methods, *variants]
     attacks = list(attacks or [])
+    if certify is not None:
+        from score_erasure.certify.certificate import CertifyConfig
+        from score_erasure.errors import validated_config
+
+        validated_config(CertifyConfig, certify, "certify")  # a bad override fails before any erasure
     if attacks:
         from score_erasure.attacks import get_attack
 
@@ -191,7 +222,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     base_pipe = load_pipeline(model)
     base = sample(base_pipe, model, model_hash(model), protocol, concept, cache)
     for i, name in enumerate(methods, 1):
-        key = _row_key(name, request, base, protocol, attacks, variants.get(name))
+        key = _row_key(name, request, base, protocol, attacks, variants.get(name), certify)
         saved = _saved_row(Path(out) / name, key) if resume else None
         if saved is not None:
             status.log(f"bench [{i}/{len(methods)}]: {name} (done in an earlier run: kept)")
@@ -200,7 +231,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
         status.log(f"bench [{i}/{len(methods)}]: {name}")
         try:
             rows.append(_run_method(name, registry[name], request, model, base, protocol, scorers, Path(out), config,
-                                    base_pipe, attacks))
+                                    base_pipe, attacks, certify))
             atomic_write_json(Path(out) / name / "row.json", {"key": key, "row": asdict(rows[-1])})
         except Exception as exc:  # a failed method is a row of the table, not the end of the run
             atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())
@@ -210,7 +241,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     write_results(rows, Path(out), {"command": command, "task": protocol.task, "concept": concept, "model": model,
                                     "base_hash": base.hash, "protocol": protocol.name,
                                     "protocol_hash": protocol.hash, "seconds": time.time() - start,
-                                    "attacks": attacks,
+                                    "attacks": attacks, "certify": certify is not None,
                                     "variants": {k: {"method": m, "config": o} for k, (m, o) in variants.items()},
                                     "cache": {"hits": cache.hits, "generated": cache.generated}})
     return rows
@@ -221,7 +252,7 @@ def _cell(metric: dict | None) -> str:
 
 
 def results_markdown(rows: list[BenchRow], meta: dict) -> str:
-    columns = TABLE_METRICS + attack_columns(meta.get("attacks", []))
+    columns = TABLE_METRICS + attack_columns(meta.get("attacks", []), meta.get("certify", False))
     lines = [f"# Bench: {meta['task']} / {meta['concept']} on `{meta['model']}`", "",
              f"Command: `{meta['command']}`", "",
              f"Protocol `{meta['protocol']}` ({meta['protocol_hash'][:16]}), base {meta['base_hash'][:16]}; "

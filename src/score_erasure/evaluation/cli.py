@@ -106,6 +106,8 @@ def register(app: typer.Typer) -> None:
                                                           "method with its config overridden; repeat.")] = None,
         resume: Annotated[bool, typer.Option(help="Keep the rows that an earlier run into --out finished with the "
                                                   "same base, protocol, attacks and versions.")] = False,
+        certify: Annotated[bool, typer.Option(help="Add each row's leakage certificate (mi_nats, base_mi_nats), "
+                                                   "the attacks' finds among its concept prompts.")] = False,
     ) -> None:
         """Erase the concept with each method and evaluate all of them against the same base, in one run."""
         from score_erasure.evaluation.bench import TABLE_METRICS, attack_columns, bench
@@ -115,8 +117,9 @@ def register(app: typer.Typer) -> None:
         command = shlex.join(["score", *sys.argv[1:]])
         rows = bench(model, concept, names, out, task=task, protocol_path=protocol, cache_dir=cache_dir,
                      use_cache=cache, fid_features=fid_features, clip_model=clip_model, command=command,
-                     attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []), resume=resume)
-        columns = TABLE_METRICS + attack_columns(attack_names)
+                     attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []), resume=resume,
+                     certify={} if certify else None)
+        columns = TABLE_METRICS + attack_columns(attack_names, certify)
         table = Table(title=f"bench: {concept} on {model}")
         for col in ("method", *columns, "erase s", "peak RSS MB", "status"):
             table.add_column(col)

@@ -28,7 +28,7 @@ from score_erasure.toyworld import captions, model
 
 
 class TrainConfig(BaseModel):
-    """Defaults: about 2 hours on 2 CPU cores for the SD model (measured in docs/embedded-model.md)."""
+    """Defaults: 102 minutes on 2 free CPU cores for the SD model (measured in docs/embedded-model.md)."""
 
     model_config = ConfigDict(frozen=True)
 
