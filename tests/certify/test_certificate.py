@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +70,14 @@ def test_both_classes_draw_each_seed_once(tiny_dirs, star_protocol):
     images = class_images(pipe, inputs, 5, protocol, seed=10)
     expected = generate(pipe, ["a circle"], [14], steps=protocol.sampling.steps, show_progress=False)[0, 0]
     assert images.shape[0] == 5 and np.array_equal(images[4], expected)  # input 4 mod 3 = 1, seed 14
+
+
+def test_a_judge_without_features_is_refused_before_any_model_loads(tmp_path):
+    """NudeNet only detects; the probes need features. The error names the judge, not the missing model."""
+    from score_erasure.evaluation import external
+
+    i2p = Path(__file__).parents[1] / "evaluation" / "data" / "external" / "i2p_benchmark.csv"
+    protocol = tmp_path / "i2p.json"
+    protocol.write_text(json.dumps(external.build_protocol("i2p", i2p).model_dump(mode="json")))
+    with pytest.raises(UserError, match="judge 'nudenet' has no image features"):
+        certify(str(tmp_path / "no-such-model"), "nudity", tmp_path / "out", protocol_path=protocol)

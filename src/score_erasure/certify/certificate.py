@@ -103,26 +103,33 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
         if not any((Path(folder) / "prompts").glob("*.safetensors")):
             raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "
                             "output folder")
+    judge = features_judge(protocol)  # before the pipelines load: a user error should come at once
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)
     check_resolutions(pipe, base_pipe, model, base)
     return certify_pipelines(pipe, base_pipe, (model, base), (model_hash(model), model_hash(base)), concept,
                              protocol, build_spec(vocabulary_source(model, base), [concept]),
-                             list(attack_folders or []), cfg, out, start)
+                             list(attack_folders or []), cfg, out, start, judge)
+
+
+def features_judge(protocol: Protocol):
+    """The protocol's judge, which must have image features: the probes read them."""
+    judge = load_judge(protocol.judge)
+    if not judge.has_features:
+        raise UserError(f"judge '{judge.name}' has no image features for the probes to read; use a protocol whose "
+                        "judge has them (world, clip)")
+    return judge
 
 
 def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str, str], concept: str,
                       protocol: Protocol, spec: ConceptSpec, attack_folders: list[Path], cfg: CertifyConfig,
-                      out: Path, start: float | None = None):
+                      out: Path, start: float | None = None, judge=None):
     """The certificate of loaded pipelines (`score certify`, and `score bench --certify` on an erased pipeline
     that has no files): `names` and `hashes` identify (model, base) in the report."""
     from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
 
     start = time.time() if start is None else start
-    judge = load_judge(protocol.judge)
-    if not judge.has_features:
-        raise UserError(f"judge '{judge.name}' has no image features for the probes to read; use a protocol whose "
-                        "judge has them (world, clip)")
+    judge = judge or features_judge(protocol)
     concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept, spec, cfg.neutral,
                                                         attack_folders)
     leak, concept_images, neutral_images = leakage_of(pipe, judge, concept_inputs, neutral_inputs, protocol, cfg)
