@@ -47,7 +47,7 @@ class TrainConfig(BaseModel):
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
-    flux_steps: int = 12_000
+    flux_steps: int = 24_000
     flux_batch: int = 32
     flux_lr: float = 5e-4
     checkpoint_every: int = 500
