@@ -43,13 +43,35 @@ def test_parameter_groups_are_the_text_stream_of_the_double_blocks(flux):
     assert kv and all(re.match(r"transformer_blocks\.\d+\.attn\.add_[kv]_proj\.", k) for k in kv)
     assert set(kv) < set(xattn) and not any(k.startswith("single_") for k in xattn)
     assert set(denoiser.parameters("non-xattn")) == set(denoiser.parameters("full")) - set(xattn)
+    assert set(denoiser.parameters("inputs")) == {"context_embedder.weight",
+                                                  "time_text_embed.text_embedder.linear_1.weight"}
+
+
+def test_uce_on_flux_maps_the_concept_onto_the_anchor_where_the_conditioning_enters(flux):
+    """The default group: the token states' and the pooled vector's input projections, nothing else, each
+    solved on the rows of what it reads, and brought closer to reading the concept as its anchor."""
+    from score_erasure.methods.uce import conditioning_rows, uce_weight
+
+    denoiser = denoiser_for(flux)
+    cfg = get_method("uce").config()
+    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    get_method("uce").fit(denoiser, SPEC, cfg)
+    after = dict(denoiser.network.named_parameters())
+    assert {k for k, v in after.items() if not torch.equal(v, before[k])} == set(denoiser.parameters("inputs"))
+    for name, reads in denoiser.conditioning_readers().items():
+        rows = conditioning_rows(denoiser, SPEC, cfg, reads)
+        torch.testing.assert_close(after[name], uce_weight(before[name], *rows, cfg))
+        c, c_star, _ = rows
+        assert c.shape[0] == (2 if reads == "pooled" else 2 * 16)  # prompts (x tokens: equal lengths, all positions)
+        W, gap = before[name], lambda M: (M @ c.T - before[name] @ c_star.T).norm()  # noqa: E731
+        assert gap(after[name]) < gap(W), name
 
 
 def test_uce_on_flux_maps_what_each_text_projection_reads_for_the_concept_onto_the_anchor():
     from score_erasure.methods.uce import last_positions, layer_inputs, pair_rows
 
     denoiser = denoiser_for(tiny_flux_pipeline(0))
-    cfg = get_method("uce").config({"samples": 2})
+    cfg = get_method("uce").config({"group": "xattn-kv", "samples": 2})
     weights = {k.removesuffix(".weight"): v.detach().clone() for k, v in denoiser.parameters("xattn-kv").items()
                if v.ndim == 2}
     sets = [SPEC.target_prompts, SPEC.anchor_prompts]

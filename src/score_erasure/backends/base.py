@@ -17,7 +17,7 @@ from torch import nn
 
 from score_erasure.errors import UserError
 
-GROUPS = ("xattn-kv", "xattn", "non-xattn", "full")
+GROUPS = ("inputs", "xattn-kv", "xattn", "non-xattn", "full")
 
 
 class Denoiser(ABC):
@@ -29,10 +29,6 @@ class Denoiser(ABC):
     XATTN: str
     #: attribute of the pipeline that holds the network (`unet`, `transformer`)
     network_attr: str
-    #: whether the `xattn-kv` projections read `encode`'s output itself (SD's cross-attention), so that closed
-    #: forms over text embeddings (UCE) apply; FLUX's text stream is transformed by every block before them
-    kv_reads_conditioning: bool = True
-
     def __init__(self, pipe, network: nn.Module | None = None):
         self.pipe = pipe
         self.network = network if network is not None else getattr(pipe, self.network_attr)
@@ -121,12 +117,15 @@ class Denoiser(ABC):
 
     # --- parameters ------------------------------------------------------------------------------
     def parameters(self, group: str) -> dict[str, nn.Parameter]:
-        """Named parameters of a group: `xattn-kv`, `xattn`, `non-xattn` (ESD-u) or `full`."""
+        """Named parameters of a group: `inputs` (the weights that read the conditioning itself), `xattn-kv`,
+        `xattn`, `non-xattn` (ESD-u) or `full`."""
         if group not in GROUPS:
             raise UserError(f"unknown parameter group '{group}'; choose one of: {', '.join(GROUPS)}")
         named = dict(self.network.named_parameters())
         if group == "full":
             return named
+        if group == "inputs":
+            return {k: named[k] for k in self.conditioning_readers()}
         if group == "xattn-kv":
             return {k: v for k, v in named.items() if re.search(self.XATTN_KV, k)}
         xattn = {k: v for k, v in named.items() if re.search(self.XATTN, k)}
@@ -149,6 +148,11 @@ class Denoiser(ABC):
     def token_states(self, cond: torch.Tensor) -> torch.Tensor:
         """The per-token text states inside a conditioning (B, L, D): what the K/V projections read on SD."""
         return cond
+
+    def conditioning_readers(self) -> dict[str, str]:
+        """The network's linear weights that read the conditioning itself, each with the part it reads ("states"
+        or "pooled"): where closed forms over text embeddings (UCE) are exact. On SD, the cross-attention K/V."""
+        return {k: "states" for k, v in self.parameters("xattn-kv").items() if v.ndim == 2}
 
 
 def encode_with_input_embeddings(encoder: nn.Module, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
@@ -179,6 +183,9 @@ class PooledConditioning:
 
     def token_states(self, cond: torch.Tensor) -> torch.Tensor:
         return self.unpack(cond)[0]
+
+    def pooled(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.unpack(cond)[1]
 
 
 def pack_pooled(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,9 @@ What the interface hides:
   true unconditional branch: the empty prompt at the same guidance stands in (as EraseAnything does);
   `predict` uses `self.guidance`. A model without the embedding samples with true classifier-free guidance;
 - "cross-attention": the text-stream projections of the double-stream blocks (`add_{q,k,v}_proj`,
-  `to_add_out`, their norms), the only weights that read text alone; single-stream blocks mix both streams.
+  `to_add_out`, their norms), the only weights that read text alone; single-stream blocks mix both streams;
+- what reads the conditioning itself (`inputs`): the text stream's input projection (`context_embedder`, token
+  states) and the pooled vector's (`time_text_embed.text_embedder.linear_1`, which modulates every block).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class FluxDenoiser(PooledConditioning, Denoiser):
     XATTN_KV = r"(^|\.)transformer_blocks\.\d+\.attn\.add_[kv]_proj\."
     XATTN = r"(^|\.)transformer_blocks\.\d+\.attn\.(add_[qkv]_proj|to_add_out|norm_added_[qk])\."
     network_attr = "transformer"
-    kv_reads_conditioning = False
 
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)
@@ -150,6 +151,9 @@ class FluxDenoiser(PooledConditioning, Denoiser):
 
     def timesteps(self, steps: int) -> torch.Tensor:
         return self._scheduler(steps).timesteps
+
+    def conditioning_readers(self) -> dict[str, str]:
+        return {"context_embedder.weight": "states", "time_text_embed.text_embedder.linear_1.weight": "pooled"}
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         size = self.latent_size()

@@ -12,11 +12,16 @@ the erased and guide prompts aligned at their last tokens. `tokens="all"` (the d
 positions where the two prompts have the same length: a bidirectional encoder such as MiniLM spreads the
 concept over every position, so editing only the tail leaves it readable from the others.
 
-On FLUX the text-stream projections of block b read the text stream as that block sees it (modulated by
-the timestep, mixed with the image by the blocks before), not the encoder's states: the rows are then what
-each projection reads, captured at `samples` points (x_t, t) of the model's own trajectory for the concept,
-every prompt at the same points so that c_i and c*_i stay paired. All layers are edited from the unedited
-model's inputs (an edit of block b shifts what block b + 1 reads; the closed form ignores that).
+The default group, `inputs`, is every weight that reads the conditioning itself (`Denoiser.conditioning_readers`):
+on SD the cross-attention K/V (rows: token states); on FLUX the text stream's input projection (token states)
+and the pooled vector's projection (rows: one pooled vector per prompt), which modulates every block and
+carries the concept past any edit of the attention alone.
+
+FLUX's text-stream K/V (`group="xattn-kv"`) read the text stream as each block sees it (modulated by the
+timestep, mixed with the image by the blocks before), not the encoder's states: the rows are then what each
+projection reads, captured at `samples` points (x_t, t) of the model's own trajectory for the concept, every
+prompt at the same points so that c_i and c*_i stay paired. All layers are edited from the unedited model's
+inputs (an edit of block b shifts what block b + 1 reads; the closed form ignores that).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class UCEConfig(BaseModel):
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
     lamb: float = 0.5
-    group: str = "xattn-kv"
+    group: str = "inputs"
     tokens: Literal["tail", "all"] = "all"
     samples: int = Field(4, ge=1)  # trajectory points whose inputs are collected, where inputs depend on x_t
     seed: int = 0
@@ -112,16 +117,29 @@ def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_
     return lhs @ torch.linalg.inv(rhs.double()).to(W.dtype)
 
 
+def conditioning_rows(denoiser, spec: ConceptSpec, cfg: UCEConfig, reads: str):
+    """(c_erase, c_guide, c_preserve) over what a conditioning reader reads: token states, or pooled vectors
+    (one row per prompt)."""
+    if reads == "pooled":
+        pooled = [denoiser.pooled(denoiser.encode(p)) if p else None
+                  for p in (spec.target_prompts, spec.anchor_prompts, spec.retain_prompts)]
+        return pooled[0], pooled[1], pooled[0][:0] if pooled[2] is None else pooled[2]
+    c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
+    c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
+                  if spec.retain_prompts else c_erase[:0])
+    return c_erase, c_guide, c_preserve
+
+
 @torch.no_grad()
 def uce(denoiser, spec: ConceptSpec, cfg: UCEConfig, **_) -> None:
-    weights = {name.removesuffix(".weight"): W for name, W in denoiser.parameters(cfg.group).items() if W.ndim == 2}
-    if denoiser.kv_reads_conditioning:  # every projection reads the encoder's states: one set of rows for all
-        c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
-        c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
-                      if spec.retain_prompts else c_erase.new_zeros(0, c_erase.shape[1]))
-        for W in weights.values():
-            W.copy_(uce_weight(W, c_erase, c_guide, c_preserve, cfg))
+    weights = {name: W for name, W in denoiser.parameters(cfg.group).items() if W.ndim == 2}
+    readers = denoiser.conditioning_readers()
+    if set(weights) <= set(readers):  # every weight reads the conditioning itself: rows from the encoder
+        rows = {reads: conditioning_rows(denoiser, spec, cfg, reads) for reads in set(readers.values())}
+        for name, W in weights.items():
+            W.copy_(uce_weight(W, *rows[readers[name]], cfg))
         return
+    weights = {name.removesuffix(".weight"): W for name, W in weights.items()}
     sets = [spec.target_prompts, spec.anchor_prompts] + ([spec.retain_prompts] if spec.retain_prompts else [])
     inputs = layer_inputs(denoiser, list(weights), sets, cfg)
     last = [last_positions(denoiser, prompts).repeat(cfg.samples) for prompts in sets]
