@@ -10,7 +10,7 @@ from score_erasure.testing import FAST_CONFIGS as FAST
 
 
 def test_inner_attack_grows_the_concept_set_up_to_the_cap(pipe, spec):
-    cfg = get_method("score-robust").config({**FAST["score-robust"], "max_adversarial": 2})
+    cfg = get_method("score-robust").config({**FAST["score-robust"], "max_adversarial": 2, "persistent": False})
     run = _RobustScore(denoiser_for(pipe), spec, cfg)
     clean = len(run.c_e)
     network = {k: v.detach().clone() for k, v in run.d.network.named_parameters()}

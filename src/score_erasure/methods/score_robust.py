@@ -30,13 +30,16 @@ from score_erasure.spec import ConceptSpec
 
 
 class ScoreRobustConfig(ScoreConfig):
-    attack_every: int = Field(10, ge=1)
+    # Persistent attacks over twice SCORE's training: every attack took ASR and leakage down (docs/results.md),
+    # paid in fidelity and time; restarting 5-step attacks every 10 steps (the old default) changed nothing.
+    iterations: int = 200
+    attack_every: int = Field(2, ge=1)
     attack_tokens: int = Field(3, ge=1)
-    attack_iterations: int = Field(5, ge=1)
+    attack_iterations: int = Field(10, ge=1)
     attack_lr: float = Field(1e-2, gt=0)
     attack_batch: int = Field(2, ge=1)
     max_adversarial: int = Field(8, ge=1)
-    persistent: bool = False  # continue each target prompt's δ across inner attacks instead of restarting it
+    persistent: bool = True  # continue each target prompt's δ across inner attacks instead of restarting it
 
 
 class _RobustScore(_Score):
