@@ -63,8 +63,8 @@ def test_uce_on_flux_maps_the_concept_onto_the_anchor_where_the_conditioning_ent
         torch.testing.assert_close(after[name], uce_weight(before[name], *rows, cfg))
         c, c_star, _ = rows
         assert c.shape[0] == (2 if reads == "pooled" else 2 * 16)  # prompts (x tokens: equal lengths, all positions)
-        W, gap = before[name], lambda M: (M @ c.T - before[name] @ c_star.T).norm()  # noqa: E731
-        assert gap(after[name]) < gap(W), name
+        W = before[name]
+        assert (after[name] @ c.T - W @ c_star.T).norm() < (W @ c.T - W @ c_star.T).norm(), name
 
 
 def test_uce_on_flux_maps_what_each_text_projection_reads_for_the_concept_onto_the_anchor():
