@@ -29,6 +29,7 @@ class Denoiser(ABC):
     XATTN: str
     #: attribute of the pipeline that holds the network (`unet`, `transformer`)
     network_attr: str
+
     def __init__(self, pipe, network: nn.Module | None = None):
         self.pipe = pipe
         self.network = network if network is not None else getattr(pipe, self.network_attr)

@@ -123,9 +123,9 @@ def conditioning_rows(denoiser, spec: ConceptSpec, cfg: UCEConfig, reads: str):
     """(c_erase, c_guide, c_preserve) over what a conditioning reader reads: token states, or pooled vectors
     (one row per prompt)."""
     if reads == "pooled":
-        pooled = [denoiser.pooled(denoiser.encode(p)) if p else None
-                  for p in (spec.target_prompts, spec.anchor_prompts, spec.retain_prompts)]
-        return pooled[0], pooled[1], pooled[0][:0] if pooled[2] is None else pooled[2]
+        c_erase, c_guide = (denoiser.pooled(denoiser.encode(p)) for p in (spec.target_prompts, spec.anchor_prompts))
+        c_preserve = denoiser.pooled(denoiser.encode(spec.retain_prompts)) if spec.retain_prompts else c_erase[:0]
+        return c_erase, c_guide, c_preserve
     c_erase, c_guide = paired_rows(denoiser, spec.target_prompts, spec.anchor_prompts, cfg.tokens)
     c_preserve = (paired_rows(denoiser, spec.retain_prompts, spec.retain_prompts, cfg.tokens)[0]
                   if spec.retain_prompts else c_erase[:0])
@@ -137,7 +137,7 @@ def uce(denoiser, spec: ConceptSpec, cfg: UCEConfig, **_) -> None:
     weights = {name: W for name, W in denoiser.parameters(cfg.group).items() if W.ndim == 2}
     readers = denoiser.conditioning_readers()
     if set(weights) <= set(readers):  # every weight reads the conditioning itself: rows from the encoder
-        rows = {reads: conditioning_rows(denoiser, spec, cfg, reads) for reads in set(readers.values())}
+        rows = {reads: conditioning_rows(denoiser, spec, cfg, reads) for reads in {readers[n] for n in weights}}
         for name, W in weights.items():
             W.copy_(uce_weight(W, *rows[readers[name]], cfg))
         return
