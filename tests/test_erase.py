@@ -157,3 +157,17 @@ def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(tiny_mod
         erase(str(tiny_model_dir), "dve", SPEC, tmp_path / "m", merge=True, show_progress=False)
     with pytest.raises(UserError, match="cannot be merged"):
         ErasureDelta.load(out / "delta.safetensors").require_mergeable()
+
+
+def test_an_erase_folder_is_compared_with_its_own_base_by_default(tmp_path):
+    """`--base` left out: an erase folder's base comes from its erase.json, anything else falls back to embedded."""
+    import json
+
+    from score_erasure.models import default_base
+
+    folder = tmp_path / "erased"
+    folder.mkdir()
+    (folder / "delta.safetensors").write_bytes(b"")
+    (folder / "erase.json").write_text(json.dumps({"base_model": "embedded-flux"}))
+    assert default_base(str(folder)) == "embedded-flux"
+    assert default_base(str(tmp_path)) == "embedded"

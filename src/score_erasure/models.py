@@ -166,6 +166,14 @@ def is_erase_output(path: Path) -> bool:
     return (path / "delta.safetensors").is_file() and (path / "erase.json").is_file()
 
 
+def default_base(model: str) -> str:
+    """The base a model is compared with when none is named: an erase folder's own base model, else `embedded`."""
+    import json
+
+    path = Path(model)
+    return json.loads((path / "erase.json").read_text())["base_model"] if is_erase_output(path) else EMBEDDED
+
+
 def _load_erased(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
     import json
 

@@ -20,8 +20,9 @@ def register(app: typer.Typer) -> None:
         concept: ConceptOpt,
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, prompts/ and images/.")],
         model: ModelOpt = "embedded",
-        base: Annotated[str, typer.Option(help="The model before erasure: target images, P4D's reference, "
-                                               "the concept's prompt pairs.")] = "embedded",
+        base: Annotated[str | None, typer.Option(help="The model before erasure: target images, P4D's reference, "
+                                               "the concept's prompt pairs (default: an erase folder's own "
+                                               "base, else embedded).")] = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
         config: Annotated[Path | None, typer.Option(help="TOML/JSON overriding the attack's config (budget).")]

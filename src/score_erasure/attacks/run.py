@@ -33,7 +33,7 @@ from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.evaluation.report import save_strip
 from score_erasure.generate import generate
 from score_erasure.io import load_tensors, save_tensors
-from score_erasure.models import load_pipeline, model_hash
+from score_erasure.models import default_base, load_pipeline, model_hash
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
 from score_erasure.spec import build_spec, compositional_prompts, vocabulary_source
@@ -190,10 +190,11 @@ def attack_pipeline(subject: Subject, attack: Attack, cfg, protocol: Protocol, c
     return report
 
 
-def run_attack(model: str, attack: str, concept: str, out: Path, task: str | None = None, base: str = "embedded",
+def run_attack(model: str, attack: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
                protocol_path: Path | None = None, overrides: dict | None = None, cache_dir: Path | None = None,
                use_cache: bool = True, resume: bool = True, show_progress: bool = True) -> AttackReport:
     """Attack `model` (erased from `base`) on one protocol concept; writes everything into `out`."""
+    base = base or default_base(model)
     entry = get_attack(attack)
     cfg = entry.config(overrides)
     protocol = resolve_protocol(task, protocol_path)

@@ -28,7 +28,7 @@ from score_erasure.evaluation.evaluate import check_resolutions
 from score_erasure.evaluation.judges import load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.generate import generate
-from score_erasure.models import load_pipeline, model_hash
+from score_erasure.models import default_base, load_pipeline, model_hash
 from score_erasure.provenance import provenance
 from score_erasure.spec import ConceptSpec, build_spec, vocabulary_source
 
@@ -91,11 +91,12 @@ def leakage_of(pipe, judge, concept_inputs: list[Found], neutral_inputs: list[Fo
             neutral_images)
 
 
-def certify(model: str, concept: str, out: Path, task: str | None = None, base: str = "embedded",
+def certify(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
             protocol_path: Path | None = None, attack_folders: list[Path] | None = None,
             overrides: dict | None = None):
     """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
     start = time.time()
+    base = base or default_base(model)
     cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
     protocol = resolve_protocol(task, protocol_path)
     protocol.concept(concept)

@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
         concept: ConceptOpt,
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
         model: ModelOpt = "embedded",
-        base: Annotated[str, typer.Option(help="The model before erasure: certified the same way, for the ratio.")]
-        = "embedded",
+        base: Annotated[str | None, typer.Option(help="The model before erasure: certified the same way, for the "
+                                                      "ratio (default: an erase folder's own base, else embedded).")]
+        = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
         attacks: Annotated[list[Path] | None, typer.Option("--attacks", help="A `score attack` output folder whose "

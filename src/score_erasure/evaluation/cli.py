@@ -68,8 +68,9 @@ def register(app: typer.Typer) -> None:
         concept: ConceptOpt,
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
         model: ModelOpt = "embedded",
-        base: Annotated[str, typer.Option(help="The model before erasure, for fidelity and side-by-side grids.")]
-        = "embedded",
+        base: Annotated[str | None, typer.Option(help="The model before erasure, for fidelity and side-by-side grids "
+                                                      "(default: an erase folder's own base, else embedded).")]
+        = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
         cache_dir: CacheDirOpt = None,
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         report = evaluate(model, concept, out, task=task, base=base, protocol_path=protocol, cache_dir=cache_dir,
                           use_cache=cache, fid_features=fid_features, clip_model=clip_model)
-        print_evaluation(console, report, model, base, out)
+        print_evaluation(console, report, model, report.base, out)
 
     @app.command("bench")
     def bench_cmd(

@@ -18,7 +18,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.judges import ClipJudge, ConceptJudge, TorchScriptFeatures, load_judge
 from score_erasure.evaluation.protocol import GROUPS, Protocol, resolve_protocol
 from score_erasure.evaluation.report import PromptRow, Report, write_report
-from score_erasure.models import load_pipeline, model_hash, resolution
+from score_erasure.models import default_base, load_pipeline, model_hash, resolution
 from score_erasure.provenance import provenance
 
 
@@ -166,12 +166,13 @@ def run_config(protocol: Protocol, protocol_path: Path | None, cache: ImageCache
             "cache_dir": str(cache.root) if cache.root else None}
 
 
-def evaluate(model: str, concept: str, out: Path, task: str | None = None, base: str = "embedded",
+def evaluate(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
              protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
              fid_features: Path | None = None, clip_model: str | None = None,
              show_progress: bool = True) -> Report:
     """Evaluate `model` on one protocol concept against `base`; writes report.json and report.html to `out`."""
     start = time.time()
+    base = base or default_base(model)
     protocol = resolve_protocol(task, protocol_path)
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is loaded
     pipe = load_pipeline(model)
