@@ -175,12 +175,9 @@ def default_base(model: str) -> str:
 
 
 def _load_erased(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
-    import json
-
     from score_erasure.delta import ErasureDelta
 
-    record = json.loads((path / "erase.json").read_text())
-    base = record["base_model"]
+    base = default_base(str(path))
     pipe = _load(base, dtype)
     ErasureDelta.load(path / "delta.safetensors").apply(pipe, base_hash=model_hash(base))
     return pipe

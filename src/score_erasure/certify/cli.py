@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         report = certify(model, concept, out, task=task, base=base, protocol_path=protocol, attack_folders=attacks,
                          overrides={"n": n, "folds": folds, "neutral": neutral, "seed": seed})
-        table = Table(title=f"leakage of {report.task} / {concept}: {model} vs base {base}")
+        table = Table(title=f"leakage of {report.task} / {concept}: {model} vs base {report.base}")
         for col in ("estimate", "model", "95% interval", "base", "95% interval"):
             table.add_column(col)
         for name in ("mi_nats", "fano_nats", "pinsker_max_accuracy"):
