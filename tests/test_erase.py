@@ -171,3 +171,17 @@ def test_an_erase_folder_is_compared_with_its_own_base_by_default(tmp_path):
     (folder / "erase.json").write_text(json.dumps({"base_model": "embedded-flux"}))
     assert default_base(str(folder)) == "embedded-flux"
     assert default_base(str(tmp_path)) == "embedded"
+    assert default_base("embedded-flux") == "embedded-flux"  # the unmodified model is its own base
+
+
+def test_a_base_of_another_family_or_size_is_refused():
+    """Fidelity and attack targets compare a model with its base image for image: SD against FLUX is a mistake."""
+    from score_erasure.evaluation.evaluate import check_comparable
+    from score_erasure.testing import tiny_flux_pipeline, tiny_sd_pipeline
+
+    sd, flux = tiny_sd_pipeline(), tiny_flux_pipeline()
+    check_comparable(sd, tiny_sd_pipeline(seed=1), "a", "b")
+    with pytest.raises(UserError, match="is a UNet2DConditionModel but base 'b' is a FluxTransformer2DModel"):
+        check_comparable(sd, flux, "a", "b")
+    with pytest.raises(UserError, match="pixel for pixel"):
+        check_comparable(sd, tiny_sd_pipeline(latent_size=16), "a", "b")

@@ -167,11 +167,14 @@ def is_erase_output(path: Path) -> bool:
 
 
 def default_base(model: str) -> str:
-    """The base a model is compared with when none is named: an erase folder's own base model, else `embedded`."""
+    """The base a model is compared with when none is named: an erase folder's own base model, an embedded
+    model itself (attacking the unmodified model measures an attack's reach), else `embedded`."""
     import json
 
     path = Path(model)
-    return json.loads((path / "erase.json").read_text())["base_model"] if is_erase_output(path) else EMBEDDED
+    if is_erase_output(path):
+        return json.loads((path / "erase.json").read_text())["base_model"]
+    return model if model in EMBEDDED_MODELS else EMBEDDED
 
 
 def _load_erased(path: Path, dtype: torch.dtype) -> DiffusionPipeline:

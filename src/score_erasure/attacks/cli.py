@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = "embedded",
         base: Annotated[str | None, typer.Option(help="The model before erasure: target images, P4D's reference, "
                                                "the concept's prompt pairs (default: an erase folder's own "
-                                               "base, else embedded).")] = None,
+                                               "base, an embedded model itself, else embedded).")] = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
         config: Annotated[Path | None, typer.Option(help="TOML/JSON overriding the attack's config (budget).")]

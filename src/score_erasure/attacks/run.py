@@ -27,7 +27,7 @@ from score_erasure.attacks.tokens import TokenPrompt
 from score_erasure.backends import denoiser_for
 from score_erasure.evaluation import metrics
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir, use_sampler
-from score_erasure.evaluation.evaluate import check_resolutions
+from score_erasure.evaluation.evaluate import check_comparable
 from score_erasure.evaluation.judges import ConceptJudge, load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.evaluation.report import save_strip
@@ -202,7 +202,7 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     judge.validate(protocol.concept(concept).detect)  # fails before any model is loaded
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)
-    check_resolutions(pipe, base_pipe, model, base)
+    check_comparable(pipe, base_pipe, model, base)
     subject = Subject(pipe, base_pipe, model, base, model_hash(model), model_hash(base))
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     words = vocabulary_source(model, base)

@@ -24,7 +24,7 @@ from score_erasure.backends import denoiser_for
 from score_erasure.certify.probes import Leakage, probe_leakage
 from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.cache import use_sampler
-from score_erasure.evaluation.evaluate import check_resolutions
+from score_erasure.evaluation.evaluate import check_comparable
 from score_erasure.evaluation.judges import load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.generate import generate
@@ -107,7 +107,7 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
     judge = features_judge(protocol)  # before the pipelines load: a user error should come at once
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)
-    check_resolutions(pipe, base_pipe, model, base)
+    check_comparable(pipe, base_pipe, model, base)
     return certify_pipelines(pipe, base_pipe, (model, base), (model_hash(model), model_hash(base)), concept,
                              protocol, build_spec(vocabulary_source(model, base), [concept]),
                              list(attack_folders or []), cfg, out, start, judge)

@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
         model: ModelOpt = "embedded",
         base: Annotated[str | None, typer.Option(help="The model before erasure: certified the same way, for the "
-                                                      "ratio (default: an erase folder's own base, else embedded).")]
+                                                      "ratio (default: an erase folder's own base, an embedded "
+                                                      "model itself, else embedded).")]
         = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,

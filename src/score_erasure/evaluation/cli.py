@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
         model: ModelOpt = "embedded",
         base: Annotated[str | None, typer.Option(help="The model before erasure, for fidelity and side-by-side grids "
-                                                      "(default: an erase folder's own base, else embedded).")]
+                                                      "(default: an erase folder's own base, an embedded model "
+                                                      "itself, else embedded).")]
         = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,

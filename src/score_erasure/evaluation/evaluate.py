@@ -59,7 +59,13 @@ def make_scorers(protocol: Protocol, concept: str, fid_features: Path | None = N
     return Scorers(judge, features, clip)
 
 
-def check_resolutions(pipe, base_pipe, model: str, base: str) -> None:
+def check_comparable(pipe, base_pipe, model: str, base: str) -> None:
+    """A model is measured against the model it was erased from: same network family, same image size."""
+    network, base_network = (type(getattr(p, "unet", None) or getattr(p, "transformer", None)).__name__
+                             for p in (pipe, base_pipe))
+    if network != base_network:
+        raise UserError(f"model '{model}' is a {network} but base '{base}' is a {base_network}; pass the model it "
+                        "was erased from as --base")
     if resolution(pipe) != resolution(base_pipe):
         raise UserError(f"model '{model}' makes {resolution(pipe)} images but base '{base}' makes "
                         f"{resolution(base_pipe)}; fidelity metrics compare them pixel for pixel: pick a base "
@@ -177,7 +183,7 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is loaded
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)
-    check_resolutions(pipe, base_pipe, model, base)
+    check_comparable(pipe, base_pipe, model, base)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     base_sampled = sample(base_pipe, base, model_hash(base), protocol, concept, cache, show_progress)
     identity = base_sampled.hash if base_pipe is pipe else model_hash(model)
