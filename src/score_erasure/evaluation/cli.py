@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from score_erasure.evaluation.protocol import Protocol
 
 TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols).")]
-ConceptOpt = Annotated[str, typer.Option(help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
+ConceptOpt = Annotated[str, typer.Option("--concept", "-c",
+                                         help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
 ProtocolOpt = Annotated[Path | None, typer.Option(help="A protocol JSON file instead of the packaged one.")]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="Image cache folder (default $SCORE_CACHE or "
                                                        "~/.cache/score-erasure/images).")]
