@@ -62,6 +62,13 @@ def test_concept_not_in_protocol():
         resolve_protocol("object").concept("hexagon")
 
 
+def test_the_task_follows_from_a_packaged_concept():
+    assert resolve_protocol(None, concept="star").task == "object"
+    assert resolve_protocol(None, concept="fire").task == "unsafe"
+    with pytest.raises(UserError, match="pass --task"):
+        resolve_protocol(None, concept="hexagon")
+
+
 def test_task_must_match_the_given_file():
     with pytest.raises(UserError, match="is for task 'object', not 'style'"):
         resolve_protocol("style", packaged_path("object"))

@@ -197,7 +197,7 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     base = base or default_base(model)
     entry = get_attack(attack)
     cfg = entry.config(overrides)
-    protocol = resolve_protocol(task, protocol_path)
+    protocol = resolve_protocol(task, protocol_path, concept)
     judge = load_judge(protocol.judge)
     judge.validate(protocol.concept(concept).detect)  # fails before any model is loaded
     pipe = load_pipeline(model)

@@ -98,7 +98,7 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
     start = time.time()
     base = base or default_base(model)
     cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
-    protocol = resolve_protocol(task, protocol_path)
+    protocol = resolve_protocol(task, protocol_path, concept)
     protocol.concept(concept)
     for folder in attack_folders or []:
         if not any((Path(folder) / "prompts").glob("*.safetensors")):

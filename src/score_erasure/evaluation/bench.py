@@ -211,7 +211,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
 
         for attack in attacks:
             get_attack(attack)
-    protocol = resolve_protocol(task, protocol_path)
+    protocol = resolve_protocol(task, protocol_path, concept)
     scorers = make_scorers(protocol, concept, fid_features, clip_model)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     config = run_config(protocol, protocol_path, cache)

@@ -15,7 +15,8 @@ from score_erasure.errors import UserError
 if TYPE_CHECKING:
     from score_erasure.evaluation.protocol import Protocol
 
-TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols).")]
+TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols; "
+                                                  "default: the one that has the concept).")]
 ConceptOpt = Annotated[str, typer.Option("--concept", "-c",
                                          help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
 ProtocolOpt = Annotated[Path | None, typer.Option(help="A protocol JSON file instead of the packaged one.")]

@@ -179,7 +179,7 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     """Evaluate `model` on one protocol concept against `base`; writes report.json and report.html to `out`."""
     start = time.time()
     base = base or default_base(model)
-    protocol = resolve_protocol(task, protocol_path)
+    protocol = resolve_protocol(task, protocol_path, concept)
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is loaded
     pipe = load_pipeline(model)
     base_pipe = pipe if base == model else load_pipeline(base)

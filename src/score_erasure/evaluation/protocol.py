@@ -175,11 +175,15 @@ def load_protocol(path: Path) -> Protocol:
         raise UserError(f"protocol file '{path}' is invalid: {_first_error(exc)}") from exc
 
 
-def resolve_protocol(task: str | None, path: Path | None = None) -> Protocol:
-    """The protocol for `task`: the given file (whose task must match) or the packaged one."""
+def resolve_protocol(task: str | None, path: Path | None = None, concept: str | None = None) -> Protocol:
+    """The protocol for `task`: the given file (whose task must match) or the packaged one; with neither, the one
+    packaged protocol that has `concept` (`-c star` needs no `--task object`)."""
     if path is None:
         if task is None:
-            raise UserError("pass --task (one of: " + ", ".join(packaged_tasks()) + ") or --protocol FILE")
+            owners = [t for t in packaged_tasks() if concept in load_protocol(packaged_path(t)).concepts]
+            if len(owners) != 1:
+                raise UserError("pass --task (one of: " + ", ".join(packaged_tasks()) + ") or --protocol FILE")
+            task = owners[0]
         return load_protocol(packaged_path(task))
     protocol = load_protocol(path)
     if task is not None and protocol.task != task:
