@@ -32,6 +32,12 @@ def test_unknown_attack_is_one_line(capsys, monkeypatch, tmp_path):
     assert code == 2 and "Traceback" not in err and lines[-1].startswith("error: unknown attack 'gcg'")
 
 
+def test_concept_alone_names_the_task(capsys, monkeypatch, tmp_path):
+    """`-c star` with no --task finds the object protocol: the run gets past it to the next check."""
+    code, _, err = run(capsys, monkeypatch, "certify", "-c", "star", "--attacks", tmp_path, "--out", tmp_path / "c")
+    assert code == 2 and "holds no attack results" in err and "pass --task" not in err
+
+
 def test_attack_end_to_end_then_resumed(capsys, monkeypatch, tmp_path, tiny_model_dirs, protocol_file):
     model, base = tiny_model_dirs
     config = tmp_path / "budget.toml"
