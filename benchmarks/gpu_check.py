@@ -139,7 +139,7 @@ def _timed_fit(build, name: str, config: dict, device: torch.device) -> tuple[fl
 
 
 def check(tiny: bool, device: torch.device, dtype: torch.dtype, extra_steps: int = 3) -> list[dict]:
-    from score_erasure.models import set_run_options
+    from score_erasure.options import set_run_options
 
     set_run_options(device=str(device), frozen_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype))
     builders = {"sd1.5": (lambda: tiny_sd_pipeline(0).to(device)) if tiny else (lambda: sd15(dtype, device)),
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args()
     from score_erasure.io import atomic_write_json, atomic_write_text
-    from score_erasure.models import DTYPES
+    from score_erasure.options import DTYPES
     from score_erasure.provenance import provenance
 
     device = torch.device(args.device)

@@ -11,6 +11,21 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def default_run_options():
+    """The process's run options at their defaults for one test, and put back as they were after it."""
+    import dataclasses
+
+    from score_erasure.options import OPTIONS, RunOptions
+
+    saved = dataclasses.asdict(OPTIONS)
+    for name, value in dataclasses.asdict(RunOptions()).items():
+        setattr(OPTIONS, name, value)
+    yield OPTIONS
+    for name, value in saved.items():
+        setattr(OPTIONS, name, value)
+
+
 @pytest.fixture(scope="session")
 def embedded():
     """The shipped embedded pipeline (loaded once: importing and loading costs seconds)."""

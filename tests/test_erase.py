@@ -9,12 +9,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from score_erasure.delta import ErasureDelta
-from score_erasure.erase import erase
 from score_erasure.errors import UserError
 from score_erasure.generate import generate
+from score_erasure.jobs.erase import erase
 from score_erasure.methods import get_method
-from score_erasure.models import load_pipeline
-from score_erasure.spec import ConceptSpec, build_spec
+from score_erasure.models import Comparison, load_pipeline, resolve_model
+from score_erasure.spec import ConceptSpec
 from score_erasure.testing import FAST_CONFIGS as FAST
 from score_erasure.testing import tiny_sd_pipeline
 
@@ -105,7 +105,7 @@ def test_resume_continues_to_the_same_delta(tiny_model_dir, tmp_path):
 
 def test_concept_unknown_to_the_world():
     with pytest.raises(UserError, match="not in the embedded world's vocabulary"):
-        build_spec("embedded", ["dragon"])
+        resolve_model("embedded").spec(["dragon"])
 
 
 def test_world_spec_uses_only_seen_words():
@@ -113,26 +113,27 @@ def test_world_spec_uses_only_seen_words():
 
     allowed = captions.training_vocabulary()
     for concept in ("star", "red", "striped", "Zorblat", "fire"):
-        spec = build_spec("embedded", [concept])
+        spec = resolve_model("embedded").spec([concept])
         for prompt in spec.target_prompts + spec.anchor_prompts + spec.retain_prompts:
             assert set(prompt.split()) <= allowed, prompt
 
 
 def test_the_world_vocabulary_is_found_on_either_side_of_a_comparison(tmp_path, tiny_model_dir):
-    from score_erasure.spec import compositional_prompts, vocabulary_source
+    def words(model, base):
+        return Comparison(resolve_model(str(model)), resolve_model(str(base)), None, None).words
 
     world_erasure = tmp_path / "erase-star"
     world_erasure.mkdir()
     (world_erasure / "delta.safetensors").write_bytes(b"")
     (world_erasure / "erase.json").write_text(json.dumps({"base_model": "embedded"}))
     # A world erasure judged against its base saved as a plain folder: the erasure names the vocabulary.
-    assert vocabulary_source(str(world_erasure), str(tiny_model_dir)) == str(world_erasure)
-    source = vocabulary_source(str(world_erasure), str(tiny_model_dir))
-    assert build_spec(source, ["star"]).anchor_prompts[0] == "a shape"
-    assert vocabulary_source(str(world_erasure), "embedded") == "embedded"
+    source = words(world_erasure, tiny_model_dir)
+    assert source.name == str(world_erasure)
+    assert source.spec(["star"]).anchor_prompts[0] == "a shape"
+    assert words(world_erasure, "embedded").name == "embedded"
     tiny = str(tiny_model_dir)
-    assert vocabulary_source(tiny, tiny) == tiny  # neither: the base's words
-    assert compositional_prompts(str(world_erasure), "star") and not compositional_prompts(tiny, "star")
+    assert words(tiny, tiny).name == tiny  # neither: the base's words
+    assert source.compositional_prompts("star") and not resolve_model(tiny).compositional_prompts("star")
 
 
 def test_peak_rss_can_be_restarted_for_one_phase():
@@ -154,7 +155,7 @@ def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(tiny_mod
     erased = generate(load_pipeline(str(out)), ["a star"], [0, 1], steps=3, show_progress=False)
     assert not np.array_equal(base, erased)  # the hook was re-installed from the delta
     with pytest.raises(UserError, match="inference time"):
-        erase(str(tiny_model_dir), "dve", SPEC, tmp_path / "m", merge=True, show_progress=False)
+        erase(str(tiny_model_dir), "dve", SPEC, tmp_path / "m", save_pipeline=True, show_progress=False)
     with pytest.raises(UserError, match="cannot be merged"):
         ErasureDelta.load(out / "delta.safetensors").require_mergeable()
 
@@ -163,20 +164,18 @@ def test_an_erase_folder_is_compared_with_its_own_base_by_default(tmp_path):
     """`--base` left out: an erase folder's base comes from its erase.json, anything else falls back to embedded."""
     import json
 
-    from score_erasure.models import default_base
-
     folder = tmp_path / "erased"
     folder.mkdir()
     (folder / "delta.safetensors").write_bytes(b"")
     (folder / "erase.json").write_text(json.dumps({"base_model": "embedded-flux"}))
-    assert default_base(str(folder)) == "embedded-flux"
-    assert default_base(str(tmp_path)) == "embedded"
-    assert default_base("embedded-flux") == "embedded-flux"  # the unmodified model is its own base
+    assert resolve_model(str(folder)).default_base().name == "embedded-flux"
+    assert resolve_model(str(tmp_path)).default_base().name == "embedded"
+    assert resolve_model("embedded-flux").default_base().name == "embedded-flux"  # its own base, unmodified
 
 
 def test_a_base_of_another_family_or_size_is_refused():
     """Fidelity and attack targets compare a model with its base image for image: SD against FLUX is a mistake."""
-    from score_erasure.evaluation.evaluate import check_comparable
+    from score_erasure.models import check_comparable
     from score_erasure.testing import tiny_flux_pipeline, tiny_sd_pipeline
 
     sd, flux = tiny_sd_pipeline(), tiny_flux_pipeline()
@@ -185,3 +184,21 @@ def test_a_base_of_another_family_or_size_is_refused():
         check_comparable(sd, flux, "a", "b")
     with pytest.raises(UserError, match="pixel for pixel"):
         check_comparable(sd, tiny_sd_pipeline(latent_size=16), "a", "b")
+
+
+def test_outputs_get_the_mode_a_plain_write_would(tmp_path):
+    """Atomic writes go through a private temporary file; the result must still be readable by the group and
+    others under the usual umask (a model or report on a shared server)."""
+    import os
+    import stat
+
+    from score_erasure.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.html", "x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644

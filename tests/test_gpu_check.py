@@ -16,10 +16,7 @@ def _script():
     return module
 
 
-def test_the_gpu_check_times_every_run_on_tiny_pipelines(tmp_path, monkeypatch):
-    from score_erasure import models
-
-    monkeypatch.setattr(models, "OPTIONS", models.RunOptions())
+def test_the_gpu_check_times_every_run_on_tiny_pipelines(tmp_path, default_run_options):
     gpu_check = _script()
     rows = gpu_check.check(tiny=True, device=torch.device("cpu"), dtype=torch.float32, extra_steps=1)
     assert [(r["architecture"], r["method"]) for r in rows] == [(a, m) for a, m, _ in gpu_check.RUNS]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from score_erasure import models
+from score_erasure import models, options
 from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.generate import generate
@@ -14,30 +14,23 @@ from score_erasure.spec import ConceptSpec
 from score_erasure.testing import FAST_CONFIGS
 
 
-@pytest.fixture
-def options(monkeypatch):
-    monkeypatch.setattr(models, "OPTIONS", models.RunOptions())
-    return models.OPTIONS
-
-
-
-def test_unknown_precision_or_device_is_a_user_error(options):
+def test_unknown_precision_or_device_is_a_user_error(default_run_options):
     with pytest.raises(UserError, match="unknown --dtype 'fp8'; choose one of: fp32, fp16, bf16"):
-        models.set_run_options(dtype="fp8")
+        options.set_run_options(dtype="fp8")
     with pytest.raises(UserError, match="unknown --device 'gpu0'"):
-        models.set_run_options(device="gpu0")
+        options.set_run_options(device="gpu0")
 
 
-def test_a_bf16_run_loads_and_draws_in_bf16(options, tiny_model_dir):
-    models.set_run_options(dtype="bf16", device="cpu")
+def test_a_bf16_run_loads_and_draws_in_bf16(default_run_options, tiny_model_dir):
+    options.set_run_options(dtype="bf16", device="cpu")
     pipe = models.load_pipeline(str(tiny_model_dir))
     assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
     images = generate(pipe, ["a star"], [0], steps=2, show_progress=False)
     assert images.shape == (1, 1, 32, 32, 3) and images.std() > 0
 
 
-def test_the_frozen_copy_can_be_kept_in_lower_precision(options, tiny_model_dir):
-    models.set_run_options(frozen_dtype="bf16")
+def test_the_frozen_copy_can_be_kept_in_lower_precision(default_run_options, tiny_model_dir):
+    options.set_run_options(frozen_dtype="bf16")
     denoiser = denoiser_for(models.load_pipeline(str(tiny_model_dir)))
     frozen = denoiser.frozen_copy()
     assert frozen.network.dtype == torch.bfloat16 and denoiser.network.dtype == torch.float32

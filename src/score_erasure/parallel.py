@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from functools import cache
 
+import torch
+import torch.distributed as dist
+
 
 @cache
 def state():
     """accelerate's PartialState: process index, count and device (one process when not launched)."""
-    import torch
     from accelerate import PartialState
 
     # On a machine without CUDA, several processes (torchrun, or accelerate launch --multi_gpu) are MULTI_CPU
@@ -66,8 +68,6 @@ def average_gradients(params) -> None:
     """All-reduce the gradients of `params` to their mean over the processes."""
     if not distributed():
         return
-    import torch.distributed as dist
-
     for p in params:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
@@ -79,9 +79,6 @@ def average_parameters(modules) -> None:
     with its own step, such as SCORE's discriminator, stays one network)."""
     if not distributed():
         return
-    import torch
-    import torch.distributed as dist
-
     with torch.no_grad():
         for module in modules:  # buffers too: spectral norm's power-iteration vectors
             for p in [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]:
@@ -93,9 +90,6 @@ def assert_in_sync(tensors) -> None:
     """Raise if the processes' copies of `tensors` differ (a data-parallel run must end with one model)."""
     if not distributed():
         return
-    import torch
-    import torch.distributed as dist
-
     checksum = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1)
     low, high = checksum.clone(), checksum.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)

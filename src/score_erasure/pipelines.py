@@ -5,7 +5,7 @@ attention) driven by ONE text encoder of any BERT-like kind, where FluxPipeline 
 pooled vector and T5 for the token states. The encoder's token states are the text stream and their
 masked mean (the sentence embedding all-MiniLM-L6-v2 was trained to produce) is the pooled vector. Everything
 else (packing, the shifted sigma schedule, the guidance embedding, decoding) is FluxPipeline's own code.
-Saved folders record this class in model_index.json; `models.load_pipeline` loads them.
+Saved folders record this class in model_index.json; the model resolver (`models`) loads them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 from diffusers.image_processor import VaeImageProcessor
+
+
+def resolution(pipe: DiffusionPipeline) -> tuple[int, int]:
+    """The (height, width) a pipeline generates by default."""
+    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    size = getattr(pipe, "default_sample_size", None) or network.config.sample_size
+    side = int(size) * int(pipe.vae_scale_factor)
+    return side, side
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ paraphrases are reserved for evaluation); for any other model from flags or a TO
 
 from __future__ import annotations
 
-import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -25,6 +25,9 @@ class ConceptSpec(BaseModel):
     target_prompts: list[str]
     anchor_prompts: list[str]
     retain_prompts: list[str] = []
+    # Every word or phrase that names the concept (names, synonyms, paraphrases); default: `concepts`. When
+    # several concepts are erased together, no anchor or retained prompt may name any of them.
+    vocabulary: list[str] = []
 
     @field_validator("target_prompts")
     @classmethod
@@ -37,6 +40,10 @@ class ConceptSpec(BaseModel):
         if len(self.anchor_prompts) != len(self.target_prompts):
             raise ValueError("anchor_prompts must match target_prompts one to one")
 
+    def names(self) -> list[str]:
+        """The words that name this spec's concepts."""
+        return list(dict.fromkeys([*self.concepts, *self.vocabulary]))
+
     @classmethod
     def from_words(cls, concepts: list[str], synonyms: list[str] | None = None, anchor: str = "",
                    preserve: list[str] | None = None) -> ConceptSpec:
@@ -44,7 +51,7 @@ class ConceptSpec(BaseModel):
         `anchor` (default: the empty prompt, as ESD and UCE do)."""
         targets = list(dict.fromkeys([*concepts, *(synonyms or [])]))
         return cls(concepts=concepts, target_prompts=targets, anchor_prompts=[anchor] * len(targets),
-                   retain_prompts=list(preserve or []))
+                   retain_prompts=list(preserve or []), vocabulary=targets)
 
     @classmethod
     def from_toml(cls, path: Path) -> ConceptSpec:
@@ -61,57 +68,27 @@ class ConceptSpec(BaseModel):
                               data.get("preserve"))
 
 
-def merge(specs: list[ConceptSpec]) -> ConceptSpec:
-    """Several concepts erased in one run; a prompt that targets one concept is not retained for another."""
-    targets = [p for s in specs for p in s.target_prompts]
-    retain = [p for s in specs for p in s.retain_prompts if p not in set(targets)]
-    return ConceptSpec(concepts=[c for s in specs for c in s.concepts], target_prompts=targets,
-                       anchor_prompts=[a for s in specs for a in s.anchor_prompts],
-                       retain_prompts=list(dict.fromkeys(retain)))
+def mentions(prompt: str, words: list[str]) -> bool:
+    """Whether `prompt` names any of `words` (whole words, any case: "a star" names star, "a starburst" not)."""
+    return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", prompt, re.IGNORECASE) for w in words if w.strip())
 
 
-def _is_world_model(model: str) -> bool:
-    """An embedded model, or an erase output descending from one (its vocabulary is the world's)."""
-    from score_erasure.models import EMBEDDED_MODELS, is_erase_output
-
-    if model in EMBEDDED_MODELS:
-        return True
-
-    path = Path(model).expanduser()
-    if is_erase_output(path):
-        return _is_world_model(json.loads((path / "erase.json").read_text())["base_model"])
-    return False
-
-
-def build_spec(model: str, concepts: list[str], preserve: list[str] | None = None,
-               concept_file: Path | None = None) -> ConceptSpec:
-    """The spec for `--concept` on `--model`: world vocabulary for the embedded model, words otherwise."""
-    if concept_file is not None:
-        return ConceptSpec.from_toml(concept_file)
-    if not concepts:
-        raise UserError("no concept given; pass --concept NAME")
-    if _is_world_model(model):
-        from score_erasure.toyworld.specs import world_spec
-
-        spec = merge([world_spec(c) for c in concepts])
-        if preserve:
-            spec = spec.model_copy(update={"retain_prompts": [*spec.retain_prompts, *preserve]})
-        return spec
-    return ConceptSpec.from_words(concepts, preserve=preserve)
-
-
-def vocabulary_source(model: str, base: str) -> str:
-    """Whose vocabulary names the concept when a model is judged against a base: the one of the two that
-    descends from the embedded world (a base given as a plain folder is not recognised as the world's),
-    else the base."""
-    return model if _is_world_model(model) and not _is_world_model(base) else base
-
-
-def compositional_prompts(model: str, concept: str) -> list[str]:
-    """Prompts that put the concept's held-out names among other attributes: the embedded world's, from its
-    vocabulary; none for other models (pass them to the paraphrase attack as extra_prompts)."""
-    if not _is_world_model(model):
-        return []
-    from score_erasure.toyworld.specs import compositional_prompts as world_compositional
-
-    return world_compositional(concept)
+def combine_specs(specs: list[ConceptSpec]) -> ConceptSpec:
+    """Several concepts erased in one run. A pair whose anchor names another erased concept is dropped (mapping
+    "a star in flames" onto "a star" would teach the star back while erasing it), and so is a retained prompt
+    that names any of them."""
+    if len(specs) == 1:
+        return specs[0]
+    erased = [w for s in specs for w in s.names()]
+    pairs, retain = [], []
+    for spec in specs:
+        kept = [(t, a) for t, a in zip(spec.target_prompts, spec.anchor_prompts, strict=True)
+                if not mentions(a, erased)]
+        if not kept:
+            raise UserError(f"every anchor of '{', '.join(spec.concepts)}' names another concept erased with it; "
+                            "erase them in separate runs or give anchors in a concept file")
+        pairs += kept
+        retain += [p for p in spec.retain_prompts if not mentions(p, erased)]
+    return ConceptSpec(concepts=[c for s in specs for c in s.concepts], target_prompts=[t for t, _ in pairs],
+                       anchor_prompts=[a for _, a in pairs], retain_prompts=list(dict.fromkeys(retain)),
+                       vocabulary=list(dict.fromkeys(w for s in specs for w in s.vocabulary)))

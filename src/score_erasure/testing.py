@@ -5,7 +5,17 @@ Same seed, same weights. They exercise every code path that a real SD checkpoint
 
 from __future__ import annotations
 
+import json
+import sys
+
 import torch
+
+from score_erasure import cli
+from score_erasure.attacks import ATTACKS
+from score_erasure.evaluation.protocol import packaged_path
+from score_erasure.methods import METHODS
+from score_erasure.pipelines import SingleEncoderFluxPipeline
+from score_erasure.toyworld.model import minilm_path
 
 
 def tiny_sd_pipeline(seed: int = 0, latent_size: int = 8, prediction_type: str = "epsilon"):
@@ -13,8 +23,6 @@ def tiny_sd_pipeline(seed: int = 0, latent_size: int = 8, prediction_type: str =
     with cross-attention, a 3-level VAE making 32x32 images (which the world judge reads)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import BertTokenizer
-
-    from score_erasure.toyworld.model import minilm_path
 
     torch.manual_seed(seed)
     tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=16)
@@ -47,8 +55,6 @@ def tiny_sdxl_pipeline(seed: int = 0):
     and the pipeline's agree. The MiniLM word-piece tokenizer stands in for both CLIP tokenizers, offline."""
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import BertTokenizer
-
-    from score_erasure.toyworld.model import minilm_path
 
     torch.manual_seed(seed)
     tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=16)
@@ -90,9 +96,6 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, encoders: s
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from score_erasure.pipelines import SingleEncoderFluxPipeline
-    from score_erasure.toyworld.model import minilm_path
-
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
@@ -123,11 +126,7 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, encoders: s
 
 def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
     """Run the `score` command in-process as a user would (argv, exit code, stdout, stderr), for tests."""
-    import sys
-
-    import pytest
-
-    from score_erasure import cli
+    import pytest  # a test-time dependency: only tests call this
 
     monkeypatch.setattr(sys, "argv", ["score", *map(str, args)])
     with pytest.raises(SystemExit) as exc:
@@ -138,10 +137,6 @@ def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
 
 def small_protocol_data(task: str, concept: str, per_group: int = 2, seeds: int = 2, steps: int = 2) -> dict:
     """A packaged protocol cut down to one concept, a few prompts per group, few seeds and steps."""
-    import json
-
-    from score_erasure.evaluation.protocol import packaged_path
-
     data = json.loads(packaged_path(task).read_text())
     c = data["concepts"][concept]
     data["concepts"] = {concept: {"detect": c["detect"], **{g: c[g][:per_group] for g in ("target", "generality",
@@ -153,19 +148,7 @@ def small_protocol_data(task: str, concept: str, per_group: int = 2, seeds: int 
     return data
 
 
-_FAST_SCORE = dict(iterations=2, steps=4, d_pretrain=2, saliency_seeds=(1, 2), saliency_prompts=1,
-                   saliency_iterations=1, bank_per_prompt=1, adv_ramp=1)
-#: Config overrides that make every method finish in seconds on a tiny pipeline (smoke runs, tests).
-FAST_CONFIGS: dict[str, dict] = {"score": _FAST_SCORE, "ant": _FAST_SCORE,
-                                 "score-robust": {**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1},
-                                 "esd-x": dict(iterations=2, steps=4),
-                                 "esd-u": dict(iterations=2, steps=4), "esd": dict(iterations=2, steps=4),
-                                 "uce": {}, "dve": {}}
+#: Config overrides that make every method finish in seconds on a tiny pipeline: each registry entry's `smoke`.
+FAST_CONFIGS: dict[str, dict] = {name: method.smoke for name, method in METHODS.items()}
 #: Attack budgets that run in about a second per prompt on a tiny pipeline (its text encoder reads 16 tokens).
-FAST_ATTACK_CONFIGS: dict[str, dict] = {
-    "unlearndiff": dict(iterations=3, target_images=1, batch=1, select_every=2),
-    "p4d": dict(n_tokens=4, iterations=3, target_images=1, batch=1, select_every=2),
-    "ring-a-bell": dict(n_tokens=4, population=6, generations=3),
-    "inversion": dict(iterations=3, target_images=1, batch=1),
-    "paraphrase": {},
-}
+FAST_ATTACK_CONFIGS: dict[str, dict] = {name: attack.smoke for name, attack in ATTACKS.items()}

@@ -55,7 +55,7 @@ def test_attack_end_to_end_then_resumed(capsys, monkeypatch, tmp_path, tiny_mode
 
 
 def test_bench_adds_an_asr_column_per_attack(tmp_path, tiny_model_dirs, protocol_file):
-    from score_erasure.evaluation.bench import bench
+    from score_erasure.jobs.bench import bench
 
     rows = bench(str(tiny_model_dirs[0]), "star", ["none"], tmp_path, protocol_path=protocol_file, use_cache=False,
                  attacks=["paraphrase"])
@@ -66,7 +66,7 @@ def test_bench_adds_an_asr_column_per_attack(tmp_path, tiny_model_dirs, protocol
 
 
 def test_bench_certifies_each_row_with_its_attacks_finds(tmp_path, tiny_model_dirs, protocol_file):
-    from score_erasure.evaluation.bench import bench
+    from score_erasure.jobs.bench import bench
 
     rows = bench(str(tiny_model_dirs[0]), "star", ["none"], tmp_path, protocol_path=protocol_file, use_cache=False,
                  attacks=["paraphrase"], certify={"n": 8, "folds": 2})

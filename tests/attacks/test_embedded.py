@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_unlearndiff_never_makes_the_unmodified_model_worse(tmp_path):
-    from score_erasure.attacks.run import run_attack
+    from score_erasure.jobs.attack import run_attack
 
     report = run_attack("embedded", "unlearndiff", "star", tmp_path, task="object", use_cache=False,
                         show_progress=False)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from score_erasure.attacks import get_attack
-from score_erasure.attacks.run import Subject, attack_pipeline, found_prompts
+from score_erasure.attacks.base import found_prompts
 from score_erasure.evaluation.cache import ImageCache
+from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.testing import FAST_ATTACK_CONFIGS as FAST
 
 
@@ -56,7 +57,7 @@ def test_report_records_asr_budget_and_found_prompts(tiny, tiny_base, protocol, 
     assert all(r["pre_rate"] is not None for r in data["rows"])
     assert "<html>" in (tmp_path / "report.html").read_text()
     found = found_prompts(tmp_path)
-    assert len(found) == 2 and found[0][2]["adversarial"] == report.rows[0].adversarial
+    assert len(found) == 2 and found[0].adversarial == report.rows[0].adversarial
 
 
 @pytest.fixture

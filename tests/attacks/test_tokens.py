@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from score_erasure.attacks.tokens import Vocabulary, exact_text, token_prompt
 from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
+from score_erasure.prompting.tokens import Vocabulary, exact_text, token_prompt
 from score_erasure.testing import tiny_sd_pipeline
 
 

@@ -9,7 +9,8 @@ import torch
 from score_erasure.backends import denoiser_for
 from score_erasure.generate import generate
 from score_erasure.methods import get_method
-from score_erasure.models import load_pipeline, resolution
+from score_erasure.models import load_pipeline
+from score_erasure.pipelines import resolution
 from score_erasure.spec import ConceptSpec
 from score_erasure.testing import tiny_flux_pipeline
 
@@ -100,10 +101,10 @@ def test_erase_attack_evaluate_and_certify_run_unchanged_on_saved_flux_models(tm
     evaluate it against its base, certify it with the attack's finds."""
     import json
 
-    from score_erasure.attacks.run import run_attack
-    from score_erasure.certify.certificate import certify
-    from score_erasure.erase import erase
-    from score_erasure.evaluation.evaluate import evaluate
+    from score_erasure.jobs.attack import run_attack
+    from score_erasure.jobs.certify import certify
+    from score_erasure.jobs.erase import erase
+    from score_erasure.jobs.evaluate import evaluate
     from score_erasure.testing import FAST_CONFIGS, small_protocol_data
 
     base = tmp_path / "flux"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from score_erasure import cli
-from score_erasure.attacks.run import run_attack
-from score_erasure.certify.certificate import certify
 from score_erasure.errors import UserError
+from score_erasure.jobs.attack import run_attack
+from score_erasure.jobs.certify import certify
 
 SMALL = {"n": 16, "folds": 2}
 
@@ -56,17 +56,17 @@ def test_certify_command(tmp_path, tiny_dirs, star_protocol, capsys, monkeypatch
 
 
 def test_both_classes_draw_each_seed_once(tiny_dirs, star_protocol):
-    from score_erasure.attacks.base import Found
-    from score_erasure.attacks.tokens import token_prompt
+    from score_erasure.attacks.base import FoundPrompt
     from score_erasure.backends import denoiser_for
     from score_erasure.certify.certificate import class_images
     from score_erasure.evaluation.protocol import load_protocol
     from score_erasure.generate import generate
     from score_erasure.models import load_pipeline
+    from score_erasure.prompting.tokens import token_prompt
 
     pipe, protocol = load_pipeline(str(tiny_dirs[0])), load_protocol(star_protocol)
     d = denoiser_for(pipe)
-    inputs = [Found(token_prompt(d, [p]), p) for p in ("a star", "a circle", "a heart")]
+    inputs = [FoundPrompt(token_prompt(d, [p]), p) for p in ("a star", "a circle", "a heart")]
     images = class_images(pipe, inputs, 5, protocol, seed=10)
     expected = generate(pipe, ["a circle"], [14], steps=protocol.sampling.steps, show_progress=False)[0, 0]
     assert images.shape[0] == 5 and np.array_equal(images[4], expected)  # input 4 mod 3 = 1, seed 14

@@ -1,43 +1,43 @@
 """`bench`: methods found by name, all evaluated against one base; a failing method is a row, not a crash."""
 
 import json
-import types
 
 import pytest
+import torch
+from pydantic import BaseModel, ConfigDict
 
 from score_erasure.errors import UserError
-from score_erasure.evaluation import bench as bench_mod
-from score_erasure.evaluation.bench import ErasureRequest, bench, method_registry
+from score_erasure.jobs import bench as bench_mod
+from score_erasure.jobs.bench import bench, method_registry
+from score_erasure.methods import METHODS, Method
 
 
-def _broken(pipe, request):
+def _broken(denoiser, spec, config, **_):
     raise RuntimeError("loss is NaN at step 3")
 
 
-def _add_noise(pipe, request: ErasureRequest):
-    """Stands in for an erasure: perturbs the UNet, in place, and returns the pipeline."""
-    import torch
-
-    assert (request.task, request.concept) == ("object", "star")
+def _add_noise(denoiser, spec, config, **_):
+    """Stands in for an erasure: perturbs the network, in place."""
+    assert spec.concepts == ["star"]
     with torch.no_grad():
-        for p in pipe.unet.parameters():
+        for p in denoiser.network.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return pipe
+
+
+class NoConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 @pytest.fixture
 def methods_module(monkeypatch):
-    module = types.ModuleType("score_erasure.methods")
-    module.ERASERS = {"broken": _broken, "noise": _add_noise}
-    monkeypatch.setitem(__import__("sys").modules, "score_erasure.methods", module)
+    """Two toy methods in the registry, as a new method module would add them."""
+    monkeypatch.setitem(METHODS, "broken", Method("broken", _broken, NoConfig, "fine-tune", "always fails"))
+    monkeypatch.setitem(METHODS, "noise", Method("noise", _add_noise, NoConfig, "weight-edit", "random weights"))
 
 
-def test_registry_has_none_and_finds_the_methods_package(methods_module):
-    assert list(method_registry()) == ["none", "broken", "noise"]
-
-
-def test_registry_without_a_methods_package():
-    assert "none" in method_registry()
+def test_registry_has_none_and_every_method_of_the_registry(methods_module):
+    assert list(method_registry()) == ["none", *METHODS]
+    assert {"broken", "noise", "score", "uce"} <= set(method_registry())
 
 
 def test_bench_reports_every_method_and_survives_a_failure(methods_module, tiny_model_dir, small_protocol, tmp_path):
@@ -102,7 +102,7 @@ def test_a_variant_is_a_method_with_its_config_overridden(tiny_model_dir, small_
 
 
 def test_variant_flag_parsing(tmp_path):
-    from score_erasure.evaluation.cli import parse_variant
+    from score_erasure.cli.evaluation import parse_variant
 
     (tmp_path / "a.toml").write_text("adversarial = false\n")
     assert parse_variant(f"no-adv=score:{tmp_path / 'a.toml'}") == ("no-adv", ("score", {"adversarial": False}))
@@ -113,7 +113,7 @@ def test_variant_flag_parsing(tmp_path):
 
 def test_a_saved_row_is_keyed_by_the_resolved_config():
     """A changed default (or override) must rerun a row under --resume: the key holds the whole config."""
-    from score_erasure.evaluation.bench import _method_config
+    from score_erasure.jobs.bench import _method_config
 
     default = _method_config("uce", None)
     assert default["lamb"] == 0.5 and default == _method_config("uce-tail", ("uce", {}))

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from score_erasure.errors import UserError
-from score_erasure.evaluation.evaluate import evaluate
 from score_erasure.evaluation.report import Report, load_report
+from score_erasure.jobs.evaluate import evaluate
 
 METRICS = {"acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr"}
 

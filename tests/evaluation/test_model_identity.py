@@ -5,19 +5,20 @@ import shutil
 import pytest
 
 from score_erasure.errors import UserError
-from score_erasure.models import model_hash, resolution
+from score_erasure.models import resolve_model
+from score_erasure.pipelines import resolution
 
 
 def test_model_hash_follows_content_not_location(tiny_model_dir, other_model_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
-    assert model_hash(str(copy)) == model_hash(str(tiny_model_dir))
-    assert model_hash(str(other_model_dir)) != model_hash(str(tiny_model_dir))
+    assert resolve_model(str(copy)).hash == resolve_model(str(tiny_model_dir)).hash
+    assert resolve_model(str(other_model_dir)).hash != resolve_model(str(tiny_model_dir)).hash
 
 
 def test_model_hash_of_an_uncached_hub_id():
     with pytest.raises(UserError, match="not in the local hub cache"):
-        model_hash("nobody/no-such-model")
+        _ = resolve_model("nobody/no-such-model").hash
 
 
 def test_resolution_of_a_pipeline(tiny_pipe):

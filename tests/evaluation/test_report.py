@@ -5,8 +5,8 @@ import json
 import pytest
 
 from score_erasure.errors import UserError
-from score_erasure.evaluation.evaluate import evaluate
 from score_erasure.evaluation.report import load_report, rerender
+from score_erasure.jobs.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -88,14 +88,14 @@ def test_invalid_config_is_a_user_error():
 
 
 def test_score_reference_is_the_matched_anchor_or_empty(pipe, spec):
-    from score_erasure.methods.score import _Score
+    from score_erasure.methods.score import ScoreTraining
 
     denoiser = denoiser_for(pipe)
     cfg = get_method("score").config({**FAST["score"], "reference": "anchor"})
-    run = _Score(denoiser, spec, cfg)
+    run = ScoreTraining(denoiser, spec, cfg)
     torch.testing.assert_close(run.reference(1), denoiser.encode(["a picture of a shape"]))
     torch.testing.assert_close(run.reference(5), run.uncond)  # beyond the spec's targets: no anchor, so ∅
-    run = _Score(denoiser, spec, cfg.model_copy(update={"reference": "empty"}))
+    run = ScoreTraining(denoiser, spec, cfg.model_copy(update={"reference": "empty"}))
     torch.testing.assert_close(run.reference(1), run.uncond)
 
 

@@ -5,22 +5,22 @@ import torch
 
 from score_erasure.backends import denoiser_for
 from score_erasure.methods import get_method
-from score_erasure.methods.score_robust import _RobustScore
+from score_erasure.methods.score_robust import RobustScoreTraining
 from score_erasure.testing import FAST_CONFIGS as FAST
 
 
 def test_inner_attack_grows_the_concept_set_up_to_the_cap(pipe, spec):
     cfg = get_method("score-robust").config({**FAST["score-robust"], "max_adversarial": 2, "persistent": False})
-    run = _RobustScore(denoiser_for(pipe), spec, cfg)
+    run = RobustScoreTraining(denoiser_for(pipe), spec, cfg)
     clean = len(run.c_e)
-    network = {k: v.detach().clone() for k, v in run.d.network.named_parameters()}
+    network = {k: v.detach().clone() for k, v in run.denoiser.network.named_parameters()}
     sizes = []
     for k in range(3):
         loss, terms = run.step(k)
         assert torch.isfinite(loss) and "attack" in terms and "adv" in terms
         sizes.append(len(run.c_e))
     assert sizes == [clean + 1, clean + 2, clean + 2]
-    assert all(torch.equal(v, network[k]) for k, v in run.d.network.named_parameters())  # steps never update
+    assert all(torch.equal(v, network[k]) for k, v in run.denoiser.network.named_parameters())  # steps never update
 
 
 def test_score_robust_fits_and_traces_the_inner_attack(pipe, spec):
@@ -37,7 +37,7 @@ def test_persistent_attacks_continue_one_vector_per_target_prompt(pipe, spec, mo
     one_target = spec.model_copy(update={"target_prompts": spec.target_prompts[:1],
                                          "anchor_prompts": spec.anchor_prompts[:1]})
     cfg = get_method("score-robust").config({**FAST["score-robust"], "persistent": True, "attack_iterations": 2})
-    run = _RobustScore(denoiser_for(pipe), one_target, cfg)
+    run = RobustScoreTraining(denoiser_for(pipe), one_target, cfg)
     starts, real = [], score_robust.soft_prompt_steps
     monkeypatch.setattr(score_robust, "soft_prompt_steps",
                         lambda d, prompt, v, *a: starts.append(v.clone()) or real(d, prompt, v, *a))

@@ -1,18 +1,18 @@
-"""Attacks on erased models, found by name. Adding an attack is adding a module and one line of `ATTACKS`.
+"""Attacks on erased models, found by name. Adding an attack is adding a module and one entry of `ATTACKS`.
 
-An attack is `run(ctx, prompt, index, config) -> Found`: from one prompt of the protocol it finds the tokens
-(or free token vectors) that bring the concept back on the model in `ctx.denoiser`. `prompts(ctx, config)`
-says which prompts it starts from: the protocol's target prompts, except for `paraphrase`.
+An attack is `run(ctx, prompt, index, config) -> FoundPrompt`: from one prompt of the protocol it finds the tokens
+(or free token vectors) that bring the concept back on the model in `ctx.denoiser`. Its config derives from
+`AttackConfig`, which makes it declare its budget. `prompts(ctx, config)` says which prompts it starts from: the
+protocol's target prompts, except for `paraphrase`. `smoke` is a budget that runs in about a second per prompt on a
+tiny pipeline (the tests run every entry with it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pydantic import BaseModel
-
-from score_erasure.attacks.base import AttackContext, Found
+from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt
 from score_erasure.attacks.inversion import InversionConfig, inversion
 from score_erasure.attacks.p4d import P4DConfig, p4d
 from score_erasure.attacks.paraphrase import ParaphraseConfig, paraphrase, paraphrase_prompts
@@ -21,30 +21,33 @@ from score_erasure.attacks.unlearndiff import UnlearnDiffConfig, unlearndiff
 from score_erasure.errors import UserError, validated_config
 
 
-def target_prompts(ctx: AttackContext, cfg: BaseModel) -> list[str]:
+def target_prompts(ctx: AttackContext, cfg: AttackConfig) -> list[str]:
     return list(ctx.targets)
 
 
 @dataclass(frozen=True)
 class Attack:
     name: str
-    run: Callable[[AttackContext, str, int, BaseModel], Found]
-    config_class: type[BaseModel]
+    run: Callable[[AttackContext, str, int, AttackConfig], FoundPrompt]
+    config_class: type[AttackConfig]
     summary: str
-    prompts: Callable[[AttackContext, BaseModel], list[str]] = target_prompts
+    prompts: Callable[[AttackContext, AttackConfig], list[str]] = target_prompts
+    smoke: dict = field(default_factory=dict)
 
-    def config(self, overrides: dict | None = None) -> BaseModel:
+    def config(self, overrides: dict | None = None) -> AttackConfig:
         return validated_config(self.config_class, dict(overrides or {}), self.name)
 
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (
     Attack("unlearndiff", unlearndiff, UnlearnDiffConfig, "UnlearnDiffAtk: prepended tokens chosen by the erased "
-           "model's own denoising loss on concept images"),
-    Attack("p4d", p4d, P4DConfig, "P4D: tokens that make the erased model predict what the base predicts"),
+           "model's own denoising loss on concept images",
+           smoke=dict(iterations=3, target_images=1, batch=1, select_every=2)),
+    Attack("p4d", p4d, P4DConfig, "P4D: tokens that make the erased model predict what the base predicts",
+           smoke=dict(n_tokens=4, iterations=3, target_images=1, batch=1, select_every=2)),
     Attack("ring-a-bell", ring_a_bell, RingABellConfig, "Ring-A-Bell: genetic token search towards prompt + "
-           "concept vector (text encoder only)"),
+           "concept vector (text encoder only)", smoke=dict(n_tokens=4, population=6, generations=3)),
     Attack("inversion", inversion, InversionConfig, "concept inversion: textual inversion of a new word against "
-           "the erased model"),
+           "the erased model", smoke=dict(iterations=3, target_images=1, batch=1)),
     Attack("paraphrase", paraphrase, ParaphraseConfig, "held-out paraphrases and compositional prompts",
            paraphrase_prompts),
 )}
@@ -56,4 +59,4 @@ def get_attack(name: str) -> Attack:
     return ATTACKS[name]
 
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "Found", "get_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackConfig", "AttackContext", "FoundPrompt", "get_attack"]

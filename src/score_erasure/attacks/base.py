@@ -1,20 +1,35 @@
-"""What every attack shares: its inputs (`AttackContext`), its output (`Found`), target images from the base
-model, the denoising loss that makes a diffusion model its own concept classifier, and the choice of the
-best of several candidate token sequences on a fixed batch.
+"""What every attack shares: its config's base (`AttackConfig`, which declares the budget), its inputs
+(`AttackContext`), its output for one prompt (`FoundPrompt`, saved under an attack folder's prompts/), target
+images from the base model, and the choice of the best of several candidate token sequences on a fixed batch.
+The denoising objective the optimising attacks descend lives in `prompting.optimise`.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 
-from score_erasure.attacks.tokens import TokenPrompt
 from score_erasure.evaluation.protocol import Check, Sampling
+from score_erasure.io import load_tensors
+from score_erasure.prompting.tokens import TokenPrompt
 from score_erasure.spec import ConceptSpec
+
+
+class AttackConfig(BaseModel):
+    """An attack's settings. `budget()` names the ones that set how hard it tries (iterations, tokens, images):
+    the report's budget line, so that two ASRs are compared at the budgets they were measured at."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @abstractmethod
+    def budget(self) -> dict:
+        """The settings that bound the attack's search."""
 
 
 @dataclass
@@ -41,7 +56,7 @@ class AttackContext:
 
 
 @dataclass
-class Found:
+class FoundPrompt:
     """An attack's result for one prompt: the tokens (and free vectors) the attacked model is prompted with."""
 
     prompt: TokenPrompt
@@ -57,10 +72,6 @@ class Found:
     def tensors(self) -> dict[str, torch.Tensor]:
         extra = {"vectors": self.vectors.detach()} if self.vectors is not None else {}
         return {**self.prompt.tensors(), **extra}
-
-
-def generator(seed: int, *key: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *key]).generate_state(1)[0]))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -79,33 +90,21 @@ def concept_latents(ctx: AttackContext, prompt: str, n: int, gen: torch.Generato
     return x0[torch.from_numpy(order[:n].copy())]
 
 
-@dataclass(frozen=True)
-class NoisyBatch:
-    """x0, noise and t for one evaluation of a denoising objective."""
-
-    x0: torch.Tensor
-    noise: torch.Tensor
-    t: torch.Tensor
-
-    @classmethod
-    def draw(cls, x0: torch.Tensor, timesteps: torch.Tensor, size: int, gen: torch.Generator) -> NoisyBatch:
-        pick = torch.randint(len(x0), (size,), generator=gen)
-        t = timesteps[torch.randint(len(timesteps), (size,), generator=gen)]
-        return cls(x0[pick], torch.randn((size, *x0.shape[1:]), generator=gen), t)
-
-    def x_t(self, denoiser) -> torch.Tensor:
-        return denoiser.add_noise(self.x0, self.noise, self.t)
-
-
-def denoising_loss(denoiser, cond: torch.Tensor, batch: NoisyBatch) -> torch.Tensor:
-    """‖f_θ(x_t, t, c) − target(x0, ε, t)‖²: low when the model reads the images as drawn from prompt c."""
-    pred = denoiser.predict(batch.x_t(denoiser), batch.t, cond.expand(len(batch.t), -1, -1))
-    return F.mse_loss(pred, denoiser.target(batch.x0, batch.noise, batch.t))
-
-
 def best_tokens(candidates: Sequence[torch.Tensor], objective) -> tuple[torch.Tensor, float]:
     """The candidate token sequence with the lowest objective (a fixed batch, so values compare)."""
     with torch.no_grad():
         values = [float(objective(c)) for c in candidates]
     i = int(np.argmin(values))
     return candidates[i], values[i]
+
+
+def load_found(path: Path) -> tuple[TokenPrompt, torch.Tensor | None, dict]:
+    """A prompt's saved result: its tokens, its free vectors (or None) and its record."""
+    tensors, meta = load_tensors(path)
+    return TokenPrompt.from_tensors(tensors), tensors.get("vectors"), meta
+
+
+def found_prompts(folder: Path) -> list[FoundPrompt]:
+    """Every prompt result in an attack output folder (what `score certify --attacks` reads)."""
+    return [FoundPrompt(tokens, meta["adversarial"], vectors)
+            for tokens, vectors, meta in map(load_found, sorted((Path(folder) / "prompts").glob("*.safetensors")))]

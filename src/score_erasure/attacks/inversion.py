@@ -7,20 +7,19 @@ the base model's images of the concept best when S* is in the prompt:
 
 No tokenizer entry is added: S* is a slot whose input embedding is v*, so it works for any text encoder
 through the input-embedding table. It starts from the embedding of `init_word`. `soft_prompt_steps` is the
-optimisation on its own; SCORE-robust reuses it as its cheap inner attack.
+optimisation on its own (in `prompting`); SCORE-robust reuses it as its cheap inner attack.
 """
 
 from __future__ import annotations
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from score_erasure.attacks.base import AttackContext, Found, NoisyBatch, concept_latents, denoising_loss, generator
-from score_erasure.attacks.tokens import PLACEHOLDER_TEXT, TokenPrompt, table, text_ids, token_prompt
+from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, concept_latents
+from score_erasure.prompting.optimise import generator, initial_vectors, soft_prompt_steps
+from score_erasure.prompting.tokens import TokenPrompt, token_prompt
 
 
-class InversionConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class InversionConfig(AttackConfig):
 
     n_tokens: int = Field(1, ge=1)  # vectors in S* (textual inversion's 1)
     template: str = "{token} {prompt}"  # Pham et al. use "a photo of {token}"
@@ -48,30 +47,7 @@ def inversion_prompt(denoiser, template: str, prompt: str, n_tokens: int) -> Tok
     return token_prompt(denoiser, [before, n_tokens, after])
 
 
-def soft_prompt_steps(denoiser, prompt: TokenPrompt, v: torch.Tensor, x_tgt: torch.Tensor,
-                      timesteps: torch.Tensor, steps: int, lr: float, batch: int,
-                      gen: torch.Generator) -> tuple[torch.Tensor, list[float]]:
-    """`steps` Adam steps on the slot vectors v (k, width) lowering the denoising loss on x_tgt; gradients
-    reach only v (never the network's parameters)."""
-    v = v.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=lr)
-    trace = []
-    for _ in range(steps):
-        loss = denoising_loss(denoiser, prompt.condition(denoiser, v),
-                              NoisyBatch.draw(x_tgt, timesteps, batch, gen))
-        (v.grad,) = torch.autograd.grad(loss, [v])
-        opt.step()
-        trace.append(loss.item())
-    return v.detach(), trace
-
-
-def initial_vectors(denoiser, word: str, n_tokens: int) -> torch.Tensor:
-    tokenizer = denoiser.tokenizer
-    first = (text_ids(tokenizer, word) or text_ids(tokenizer, PLACEHOLDER_TEXT))[0]
-    return table(denoiser).weight[first].detach().expand(n_tokens, -1).clone()
-
-
-def inversion(ctx: AttackContext, prompt: str, index: int, cfg: InversionConfig) -> Found:
+def inversion(ctx: AttackContext, prompt: str, index: int, cfg: InversionConfig) -> FoundPrompt:
     d = ctx.denoiser
     gen = generator(cfg.seed, index)
     x_tgt = concept_latents(ctx, prompt, cfg.target_images, gen)
@@ -79,4 +55,4 @@ def inversion(ctx: AttackContext, prompt: str, index: int, cfg: InversionConfig)
     v_star, trace = soft_prompt_steps(d, S_star, initial_vectors(d, cfg.init_word, cfg.n_tokens), x_tgt,
                                       ctx.timesteps(), cfg.iterations, cfg.lr, cfg.batch, gen)
     readable = cfg.template.replace("{prompt}", prompt).replace("{token}", "<S*>").strip()
-    return Found(S_star, readable, vectors=v_star, exact_text=False, trace=trace)
+    return FoundPrompt(S_star, readable, vectors=v_star, exact_text=False, trace=trace)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from score_erasure.attacks.base import AttackContext, Found, NoisyBatch, best_tokens, concept_latents, generator
-from score_erasure.attacks.tokens import TokenPrompt, Vocabulary, exact_text, table, text_ids, token_prompt
+from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, best_tokens, concept_latents
+from score_erasure.prompting.optimise import NoisyBatch, generator
+from score_erasure.prompting.tokens import TokenPrompt, Vocabulary, exact_text, table, text_ids, token_prompt
 
 
-class P4DConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class P4DConfig(AttackConfig):
 
     n_tokens: int = Field(16, ge=1)  # P4D-N's prompt length (the paper's 16)
     insert_every: int = Field(0, ge=0)  # K of P4D-K (the paper's 3); 0 = P4D-N
@@ -51,7 +51,7 @@ def p4d_prompt(denoiser, prompt: str, cfg: P4DConfig) -> TokenPrompt:
     return token_prompt(denoiser, parts)
 
 
-def p4d(ctx: AttackContext, prompt: str, index: int, cfg: P4DConfig) -> Found:
+def p4d(ctx: AttackContext, prompt: str, index: int, cfg: P4DConfig) -> FoundPrompt:
     d, base = ctx.denoiser, ctx.base
     gen = generator(cfg.seed, index)
     z0 = concept_latents(ctx, prompt, cfg.target_images, gen)
@@ -86,4 +86,4 @@ def p4d(ctx: AttackContext, prompt: str, index: int, cfg: P4DConfig) -> Found:
             candidates.append(vocab.nearest(P_cont))
     token_ids, _ = best_tokens(candidates, lambda ids: loss(P_star.with_tokens(ids), None, fixed, fixed_reference))
     found = P_star.with_tokens(token_ids)
-    return Found(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return FoundPrompt(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)

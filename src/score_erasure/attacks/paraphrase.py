@@ -6,15 +6,11 @@ that put a held-out name among other attributes (on the embedded world), and any
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
-from score_erasure.attacks.base import AttackContext, Found
-from score_erasure.attacks.tokens import exact_text, token_prompt
+from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt
+from score_erasure.prompting.tokens import exact_text, token_prompt
 
 
-class ParaphraseConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class ParaphraseConfig(AttackConfig):
     extra_prompts: tuple[str, ...] = ()
     compositional: bool = True
 
@@ -27,6 +23,6 @@ def paraphrase_prompts(ctx: AttackContext, cfg: ParaphraseConfig) -> list[str]:
                                *cfg.extra_prompts]))
 
 
-def paraphrase(ctx: AttackContext, prompt: str, index: int, cfg: ParaphraseConfig) -> Found:
+def paraphrase(ctx: AttackContext, prompt: str, index: int, cfg: ParaphraseConfig) -> FoundPrompt:
     tokens = token_prompt(ctx.denoiser, [prompt])
-    return Found(tokens, prompt, exact_text=exact_text(ctx.denoiser, tokens))
+    return FoundPrompt(tokens, prompt, exact_text=exact_text(ctx.denoiser, tokens))

@@ -8,8 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from score_erasure.evaluation.report import Metric, RunHeader, _b64, _figure_png, fmt, metric_bars
-from score_erasure.io import atomic_write_text
+from score_erasure.reporting import Metric, RunHeader, figure, figure_png, metric_bars, render_html, write_json_and_html
 
 ATTACK_REPORT_FORMAT = "score-erasure/attack-report/1"
 
@@ -56,13 +55,7 @@ class AttackReport(RunHeader):
 
 TEMPLATE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{{ r.attack }}: {{ r.task }} / {{ r.concept }} on {{ r.model }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img.strip { image-rendering: pixelated; height: 72px; } .small { color: #666; font-size: 85%; }
-code { background: #f5f5f5; padding: 0 3px; }
-</style></head><body>
+{{ style|safe }}</head><body>
 <h1>{{ r.attack }} on {{ r.task }} / {{ r.concept }}</h1>
 <p>attacked <code>{{ r.model }}</code> (<span class="small">{{ r.model_hash[:16] }}</span>); base
 <code>{{ r.base }}</code>; protocol <code>{{ r.protocol.name }}</code> v{{ r.protocol.version }}
@@ -99,31 +92,18 @@ concept: an attacker keeps the original prompt where it already works (UnlearnDi
 
 
 def _plot(report: AttackReport) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3.5, 3))
+    fig, ax = figure(3.5, 3)
     metric_bars(ax, ["asr"], {"target prompts, unattacked": {"asr": report.pre_asr},
                               f"{report.attack}": {"asr": report.asr}})
     ax.set_ylim(0, 1.05)
     ax.set_title("concept detected (95% bootstrap intervals)", fontsize=8)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def render_attack_html(report: AttackReport, folder: Path) -> str:
-    from jinja2 import Environment
-
-    def image(rel: str) -> str:
-        path = Path(folder) / rel
-        return _b64(path.read_bytes()) if path.is_file() else ""
-
-    return Environment(autoescape=True).from_string(TEMPLATE).render(
-        r=report, plot=_plot(report), image=image, fmt=fmt, budget=json.dumps(report.budget, indent=2),
-        config=json.dumps(report.config, indent=2, default=str))
+    return render_html(TEMPLATE, folder, r=report, plot=_plot(report), budget=json.dumps(report.budget, indent=2),
+                       config=json.dumps(report.config, indent=2, default=str))
 
 
 def write_attack_report(report: AttackReport, folder: Path) -> None:
-    atomic_write_text(Path(folder) / "report.json", report.model_dump_json(indent=2) + "\n")
-    atomic_write_text(Path(folder) / "report.html", render_attack_html(report, folder))
+    write_json_and_html(folder, report, render_attack_html(report, folder))

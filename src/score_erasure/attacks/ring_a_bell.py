@@ -14,14 +14,14 @@ The erased UNet is never queried: the same prompts attack every model sharing th
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from score_erasure.attacks.base import AttackContext, Found, generator
-from score_erasure.attacks.tokens import Vocabulary, exact_text, table, token_prompt
+from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt
+from score_erasure.prompting.optimise import generator
+from score_erasure.prompting.tokens import Vocabulary, exact_text, table, token_prompt
 
 
-class RingABellConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class RingABellConfig(AttackConfig):
 
     n_tokens: int = Field(16, ge=1)  # K (the paper's 16 for nudity)
     eta: float = Field(3.0, ge=0)  # the paper's coefficient for nudity
@@ -66,7 +66,7 @@ def _children(survivors: torch.Tensor, n: int, vocab: Vocabulary, cfg: RingABell
     return children
 
 
-def ring_a_bell(ctx: AttackContext, prompt: str, index: int, cfg: RingABellConfig) -> Found:
+def ring_a_bell(ctx: AttackContext, prompt: str, index: int, cfg: RingABellConfig) -> FoundPrompt:
     d = ctx.denoiser
     gen = generator(cfg.seed, index)
     c_hat = concept_vector(d, ctx.spec.target_prompts, ctx.spec.anchor_prompts)
@@ -86,4 +86,4 @@ def ring_a_bell(ctx: AttackContext, prompt: str, index: int, cfg: RingABellConfi
             population = torch.cat([population, children])
             distance = torch.cat([distance, _distance(d, P_tilde, children, target)])
     found = P_tilde.with_tokens(population[0])
-    return Found(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return FoundPrompt(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)

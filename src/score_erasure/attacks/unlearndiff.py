@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from score_erasure.attacks.base import (
-    AttackContext,
-    Found,
-    NoisyBatch,
-    best_tokens,
-    concept_latents,
-    denoising_loss,
-    generator,
-)
-from score_erasure.attacks.tokens import Vocabulary, exact_text, token_prompt
+from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, best_tokens, concept_latents
+from score_erasure.prompting.optimise import NoisyBatch, denoising_loss, generator
+from score_erasure.prompting.tokens import Vocabulary, exact_text, token_prompt
 
 
-class UnlearnDiffConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class UnlearnDiffConfig(AttackConfig):
 
     n_tokens: int = Field(5, ge=1)  # k, prepended (the paper's default)
     iterations: int = Field(100, ge=1)  # the paper: 40 at one timestep; ours are cheap at 32x32
@@ -69,7 +61,7 @@ class _SampledOneHot(torch.autograd.Function):
         return F.hardtanh(grad), None
 
 
-def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffConfig) -> Found:
+def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffConfig) -> FoundPrompt:
     d = ctx.denoiser
     gen = generator(cfg.seed, index)
     x_tgt = concept_latents(ctx, prompt, cfg.target_images, gen)
@@ -98,4 +90,4 @@ def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffCon
             candidates.append(vocab.ids[u.detach().argmax(-1)])
     token_ids, _ = best_tokens(candidates, fixed_loss)
     found = base_prompt.with_tokens(token_ids)
-    return Found(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return FoundPrompt(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)

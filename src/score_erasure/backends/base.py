@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from score_erasure.errors import UserError
+from score_erasure.options import DTYPES, OPTIONS
 
-GROUPS = ("inputs", "xattn-kv", "xattn", "non-xattn", "full")
+FAMILIES = ("sd", "sdxl", "flux")  # SD1.x/2.x and the embedded model; SDXL; FLUX and embedded-flux
+PARAMETER_GROUPS = ("inputs", "xattn-kv", "xattn", "non-xattn", "full")
 
 
 class Denoiser(ABC):
@@ -29,6 +31,14 @@ class Denoiser(ABC):
     XATTN: str
     #: attribute of the pipeline that holds the network (`unet`, `transformer`)
     network_attr: str
+    #: the network family a method declares support for: one of FAMILIES
+    family: str
+
+    def __init_subclass__(cls, family: str | None = None, network_attr: str | None = None, **kwargs):
+        """`class SDDenoiser(Denoiser, family="sd", network_attr="unet")`: a backend declares both in its header."""
+        super().__init_subclass__(**kwargs)
+        cls.family = family or getattr(cls, "family", None)
+        cls.network_attr = network_attr or getattr(cls, "network_attr", None)
 
     def __init__(self, pipe, network: nn.Module | None = None):
         self.pipe = pipe
@@ -120,8 +130,8 @@ class Denoiser(ABC):
     def parameters(self, group: str) -> dict[str, nn.Parameter]:
         """Named parameters of a group: `inputs` (the weights that read the conditioning itself), `xattn-kv`,
         `xattn`, `non-xattn` (ESD-u) or `full`."""
-        if group not in GROUPS:
-            raise UserError(f"unknown parameter group '{group}'; choose one of: {', '.join(GROUPS)}")
+        if group not in PARAMETER_GROUPS:
+            raise UserError(f"unknown parameter group '{group}'; choose one of: {', '.join(PARAMETER_GROUPS)}")
         named = dict(self.network.named_parameters())
         if group == "full":
             return named
@@ -135,8 +145,6 @@ class Denoiser(ABC):
     def frozen_copy(self) -> Denoiser:
         """The same model with a frozen deep copy of the network: epsilon_0 of the methods' equations. Its
         predictions come back in the caller's precision whatever the copy's own (`predict` casts)."""
-        from score_erasure.models import DTYPES, OPTIONS
-
         twin = copy.copy(self)
         twin.network = copy.deepcopy(self.network).requires_grad_(False).eval()
         if OPTIONS.frozen_dtype is not None:  # --frozen-dtype bf16: half the memory of the copy

@@ -27,14 +27,14 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from score_erasure.backends.base import Denoiser, PooledConditioning, encode_with_input_embeddings, pack_pooled
 from score_erasure.errors import UserError
+from score_erasure.pipelines import masked_mean, resolution
 
 DEFAULT_DISTILLED_GUIDANCE = 3.5  # FLUX.1-dev's default
 
 
-class FluxDenoiser(PooledConditioning, Denoiser):
+class FluxDenoiser(PooledConditioning, Denoiser, family="flux", network_attr="transformer"):
     XATTN_KV = r"(^|\.)transformer_blocks\.\d+\.attn\.add_[kv]_proj\."
     XATTN = r"(^|\.)transformer_blocks\.\d+\.attn\.(add_[qkv]_proj|to_add_out|norm_added_[qk])\."
-    network_attr = "transformer"
 
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)
@@ -63,8 +63,6 @@ class FluxDenoiser(PooledConditioning, Denoiser):
     def encode_embeddings(self, input_ids, inputs_embeds, attention_mask=None):
         """Token states with gradient through `inputs_embeds`. With one encoder the pooled vector is their masked
         mean (gradient too); with CLIP + T5 it is CLIP's, of the decoded text, without gradient."""
-        from score_erasure.pipelines import masked_mean
-
         encoder = self.text_encoder
         if self.single_encoder:
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -131,8 +129,6 @@ class FluxDenoiser(PooledConditioning, Denoiser):
 
     # --- sampling ---------------------------------------------------------------------------------
     def latent_size(self) -> int:
-        from score_erasure.models import resolution
-
         side, _ = resolution(self.pipe)
         return 2 * (side // (self.pipe.vae_scale_factor * 2))
 

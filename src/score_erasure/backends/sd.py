@@ -9,10 +9,9 @@ from diffusers import DDIMScheduler
 from score_erasure.backends.base import Denoiser, encode_with_input_embeddings
 
 
-class SDDenoiser(Denoiser):
+class SDDenoiser(Denoiser, family="sd", network_attr="unet"):
     XATTN_KV = r"attn2\.to_[kv]\."
     XATTN = r"attn2\."
-    network_attr = "unet"
 
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)

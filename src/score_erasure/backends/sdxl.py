@@ -19,7 +19,7 @@ from score_erasure.backends.base import PooledConditioning, encode_with_input_em
 from score_erasure.backends.sd import SDDenoiser
 
 
-class SDXLDenoiser(PooledConditioning, SDDenoiser):
+class SDXLDenoiser(PooledConditioning, SDDenoiser, family="sdxl"):
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)
         self.states_width = self.network.config.cross_attention_dim

@@ -17,20 +17,18 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from score_erasure.attacks.base import Found
-from score_erasure.attacks.run import found_prompts
-from score_erasure.attacks.tokens import token_prompt
+from score_erasure.attacks.base import FoundPrompt, found_prompts
 from score_erasure.backends import denoiser_for
 from score_erasure.certify.probes import Leakage, probe_leakage
-from score_erasure.errors import UserError, validated_config
+from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
+from score_erasure.errors import UserError
 from score_erasure.evaluation.cache import use_sampler
-from score_erasure.evaluation.evaluate import check_comparable
 from score_erasure.evaluation.judges import load_judge
-from score_erasure.evaluation.protocol import Protocol, resolve_protocol
+from score_erasure.evaluation.protocol import Protocol
 from score_erasure.generate import generate
-from score_erasure.models import default_base, load_pipeline, model_hash
+from score_erasure.prompting.tokens import token_prompt
 from score_erasure.provenance import provenance
-from score_erasure.spec import ConceptSpec, build_spec, vocabulary_source
+from score_erasure.spec import ConceptSpec
 
 ASSUMPTION = (
     "Probes give a lower bound on leakage: a probe that tells concept images from neutral ones proves at least "
@@ -51,19 +49,18 @@ class CertifyConfig(BaseModel):
 
 
 def certificate_inputs(denoiser, protocol: Protocol, concept: str, spec: ConceptSpec, neutral: str,
-                       attack_folders: list[Path]) -> tuple[list[Found], list[Found]]:
+                       attack_folders: list[Path]) -> tuple[list[FoundPrompt], list[FoundPrompt]]:
     """The concept prompts (targets, paraphrases, attacks' finds) and the neutral prompts, as token prompts."""
     groups = protocol.prompts(concept)
-    concept_found = [Found(token_prompt(denoiser, [p]), p) for p in dict.fromkeys(groups["target"]
+    concept_found = [FoundPrompt(token_prompt(denoiser, [p]), p) for p in dict.fromkeys(groups["target"]
                                                                                  + groups["generality"])]
     for folder in attack_folders:
-        concept_found += [Found(tokens, meta["adversarial"], vectors)
-                          for tokens, vectors, meta in found_prompts(folder)]
+        concept_found += found_prompts(folder)
     words = list(dict.fromkeys(spec.anchor_prompts)) if neutral == "anchors" else list(groups["neutral"])
-    return concept_found, [Found(token_prompt(denoiser, [p]), p) for p in words]
+    return concept_found, [FoundPrompt(token_prompt(denoiser, [p]), p) for p in words]
 
 
-def class_images(pipe, inputs: list[Found], n: int, protocol: Protocol, seed: int) -> np.ndarray:
+def class_images(pipe, inputs: list[FoundPrompt], n: int, protocol: Protocol, seed: int) -> np.ndarray:
     """n images; image j uses seed `seed + j` and input j mod len(inputs).
 
     Both classes use the same n seeds, one image per seed: with seeds reused within a class and not across,
@@ -81,7 +78,7 @@ def class_images(pipe, inputs: list[Found], n: int, protocol: Protocol, seed: in
     return np.stack(images)
 
 
-def leakage_of(pipe, judge, concept_inputs: list[Found], neutral_inputs: list[Found], protocol: Protocol,
+def leakage_of(pipe, judge, concept_inputs: list[FoundPrompt], neutral_inputs: list[FoundPrompt], protocol: Protocol,
                cfg: CertifyConfig) -> tuple[Leakage, np.ndarray, np.ndarray]:
     concept_images = class_images(pipe, concept_inputs, cfg.n, protocol, cfg.seed)
     neutral_images = class_images(pipe, neutral_inputs, cfg.n, protocol, cfg.seed)
@@ -89,28 +86,6 @@ def leakage_of(pipe, judge, concept_inputs: list[Found], neutral_inputs: list[Fo
     labels = np.r_[np.ones(cfg.n, dtype=int), np.zeros(cfg.n, dtype=int)]
     return (probe_leakage(features, labels, cfg.folds, cfg.delta, cfg.seed, protocol.bootstrap), concept_images,
             neutral_images)
-
-
-def certify(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
-            protocol_path: Path | None = None, attack_folders: list[Path] | None = None,
-            overrides: dict | None = None):
-    """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
-    start = time.time()
-    base = base or default_base(model)
-    cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
-    protocol = resolve_protocol(task, protocol_path, concept)
-    protocol.concept(concept)
-    for folder in attack_folders or []:
-        if not any((Path(folder) / "prompts").glob("*.safetensors")):
-            raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "
-                            "output folder")
-    judge = features_judge(protocol)  # before the pipelines load: a user error should come at once
-    pipe = load_pipeline(model)
-    base_pipe = pipe if base == model else load_pipeline(base)
-    check_comparable(pipe, base_pipe, model, base)
-    return certify_pipelines(pipe, base_pipe, (model, base), (model_hash(model), model_hash(base)), concept,
-                             protocol, build_spec(vocabulary_source(model, base), [concept]),
-                             list(attack_folders or []), cfg, out, start, judge)
 
 
 def features_judge(protocol: Protocol):
@@ -127,8 +102,6 @@ def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str
                       out: Path, start: float | None = None, judge=None):
     """The certificate of loaded pipelines (`score certify`, and `score bench --certify` on an erased pipeline
     that has no files): `names` and `hashes` identify (model, base) in the report."""
-    from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
-
     start = time.time() if start is None else start
     judge = judge or features_judge(protocol)
     concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept, spec, cfg.neutral,

@@ -9,9 +9,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from score_erasure import reporting
 from score_erasure.certify.probes import Leakage
-from score_erasure.evaluation.report import Metric, RunHeader, _b64, _figure_png, fmt, metric_bars, save_strip
-from score_erasure.io import atomic_write_text
+from score_erasure.reporting import Metric, RunHeader
 
 CERTIFICATE_FORMAT = "score-erasure/certificate/1"
 STRIP_IMAGES = 8
@@ -65,13 +65,8 @@ def leakage_record(leak: Leakage, base_leak: Leakage) -> dict:
 
 TEMPLATE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>leakage of {{ r.concept }}: {{ r.model }}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
-table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img.strip { image-rendering: pixelated; height: 72px; } .small { color: #666; font-size: 85%; }
-code { background: #f5f5f5; padding: 0 3px; } .assumption { border-left: 4px solid #c80; padding-left: 1em; }
-</style></head><body>
+{{ style|safe }}
+<style>body { max-width: 70em; } .assumption { border-left: 4px solid #c80; padding-left: 1em; }</style></head><body>
 <h1>Leakage certificate: {{ r.task }} / {{ r.concept }}</h1>
 <p>model <code>{{ r.model }}</code> (<span class="small">{{ r.model_hash[:16] }}</span>), base <code>{{ r.base }}</code>
 (<span class="small">{{ r.base_hash[:16] }}</span>); protocol <code>{{ r.protocol.name }}</code>
@@ -113,31 +108,19 @@ ROWS = (("mi_nats", "mi_nats: log 2 − held-out cross-entropy (nats)"),
 
 
 def _plot(report: CertificateReport) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 3))
-    metric_bars(ax, ["mi_nats", "fano_nats"], {
+    fig, ax = reporting.figure(4, 3)
+    reporting.metric_bars(ax, ["mi_nats", "fano_nats"], {
         f"base: {report.base}": {"mi_nats": report.base_mi_nats, "fano_nats": report.base_fano_nats},
         f"model: {report.model}": {"mi_nats": report.mi_nats, "fano_nats": report.fano_nats}})
     ax.axhline(np.log(2), color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(0, 0.75)
     ax.set_title("leakage lower bounds (nats; log 2 dotted)", fontsize=8)
-    return _figure_png(fig)
+    return reporting.figure_png(fig)
 
 
 def render_certificate_html(report: CertificateReport, folder: Path) -> str:
-    from jinja2 import Environment
-
-    def image(rel: str) -> str:
-        path = Path(folder) / rel
-        return _b64(path.read_bytes()) if path.is_file() else ""
-
-    return Environment(autoescape=True).from_string(TEMPLATE).render(
-        r=report.model_dump(), rows=ROWS, plot=_plot(report), image=image, fmt=fmt, strip_images=STRIP_IMAGES,
-        config=json.dumps(report.config, indent=2, default=str))
+    return reporting.render_html(TEMPLATE, folder, r=report.model_dump(), rows=ROWS, plot=_plot(report),
+                       strip_images=STRIP_IMAGES, config=json.dumps(report.config, indent=2, default=str))
 
 
 def write_certificate(report: CertificateReport, images: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -145,7 +128,6 @@ def write_certificate(report: CertificateReport, images: dict[str, tuple[np.ndar
     """Image strips, report.json and report.html into `folder`."""
     folder = Path(folder)
     for who, (concept_images, neutral_images) in images.items():
-        save_strip(concept_images[:STRIP_IMAGES], folder / "images" / f"{who}-concept.png")
-        save_strip(neutral_images[:STRIP_IMAGES], folder / "images" / f"{who}-neutral.png")
-    atomic_write_text(folder / "report.json", report.model_dump_json(indent=2) + "\n")
-    atomic_write_text(folder / "report.html", render_certificate_html(report, folder))
+        reporting.save_strip(concept_images[:STRIP_IMAGES], folder / "images" / f"{who}-concept.png")
+        reporting.save_strip(neutral_images[:STRIP_IMAGES], folder / "images" / f"{who}-neutral.png")
+    reporting.write_json_and_html(folder, report, render_certificate_html(report, folder))

@@ -1,7 +1,7 @@
 """Generated images cached on disk as PNG, keyed by (model hash, sampling settings, prompt, seed).
 
 A rerun, a second model against the same base, or a bench of several methods generates each base image
-once. The key holds what decides the pixels: the model hash (`models.model_hash`), the sampler, steps and guidance
+once. The key holds what decides the pixels: the model hash (`ModelRef.hash`), the sampler, steps and guidance
 (every protocol field that changes images, and nothing else: editing a protocol's prompt list invalidates
 only the prompts it changed), the prompt and the seed. PNG is lossless, so a cached image is the image.
 """

@@ -1,24 +1,21 @@
 """One evaluation: sample a model and its base on a protocol's prompts, judge the images, score them.
 
-The flow is sample -> judge -> metrics -> report. `evaluate` does it from model names; `bench` reuses the
-parts to sample the base once and compare many erased pipelines against it.
+The flow is sample -> judge -> metrics -> report, on pipelines already loaded: `jobs.evaluate` runs it from
+model names, `jobs.bench` samples the base once and compares many erased pipelines against it.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from score_erasure.errors import UserError
 from score_erasure.evaluation import metrics
-from score_erasure.evaluation.cache import ImageCache, default_cache_dir
+from score_erasure.evaluation.cache import ImageCache
 from score_erasure.evaluation.judges import ClipJudge, ConceptJudge, TorchScriptFeatures, load_judge
-from score_erasure.evaluation.protocol import GROUPS, Protocol, resolve_protocol
-from score_erasure.evaluation.report import PromptRow, Report, write_report
-from score_erasure.models import default_base, load_pipeline, model_hash, resolution
+from score_erasure.evaluation.protocol import PROMPT_GROUPS, Protocol
+from score_erasure.evaluation.report import PromptRow, Report
 from score_erasure.provenance import provenance
 
 
@@ -59,19 +56,6 @@ def make_scorers(protocol: Protocol, concept: str, fid_features: Path | None = N
     return Scorers(judge, features, clip)
 
 
-def check_comparable(pipe, base_pipe, model: str, base: str) -> None:
-    """A model is measured against the model it was erased from: same network family, same image size."""
-    network, base_network = (type(getattr(p, "unet", None) or getattr(p, "transformer", None)).__name__
-                             for p in (pipe, base_pipe))
-    if network != base_network:
-        raise UserError(f"model '{model}' is a {network} but base '{base}' is a {base_network}; pass the model it "
-                        "was erased from as --base")
-    if resolution(pipe) != resolution(base_pipe):
-        raise UserError(f"model '{model}' makes {resolution(pipe)} images but base '{base}' makes "
-                        f"{resolution(base_pipe)}; fidelity metrics compare them pixel for pixel: pick a base "
-                        "of the same resolution")
-
-
 def sample(pipe, name: str, identity: str, protocol: Protocol, concept: str, cache: ImageCache,
            show_progress: bool = True) -> Sampled:
     """Images for every group, cached under `identity` (the model hash); all prompts go through the cache in
@@ -92,7 +76,7 @@ def judge_hits(judge: ConceptJudge, protocol: Protocol, concept: str, images: di
     """Per group, bool (P, S): the concept detected (target, generality, neutral) or the retained prompt's
     expectation met (retained)."""
     spec = protocol.concept(concept)
-    shape = {g: images[g].shape[:2] for g in GROUPS}
+    shape = {g: images[g].shape[:2] for g in PROMPT_GROUPS}
     hits = {g: judge.check(_flat(images[g]), spec.detect).reshape(shape[g]) for g in ("target", "generality",
                                                                                         "neutral")}
     hits["retained"] = np.stack([judge.check(images["retained"][i], r.expect) for i, r in enumerate(spec.retained)])
@@ -161,7 +145,7 @@ def score_sampled(model: Sampled, base: Sampled, protocol: Protocol, concept: st
                 **scorers.describe(), **(config or {})},
         metrics={k: v.as_dict() for k, v in values.items()},
         base_metrics={k: v.as_dict() for k, v in base_values.items()},
-        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in GROUPS}, class_counts=counts,
+        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in PROMPT_GROUPS}, class_counts=counts,
         notes=notes, **provenance(), seconds=0.0,
     )
 
@@ -170,28 +154,3 @@ def run_config(protocol: Protocol, protocol_path: Path | None, cache: ImageCache
     """Where the protocol and the images came from, for the report's config."""
     return {"protocol_file": str(protocol_path) if protocol_path else f"packaged:{protocol.task}",
             "cache_dir": str(cache.root) if cache.root else None}
-
-
-def evaluate(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
-             protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
-             fid_features: Path | None = None, clip_model: str | None = None,
-             show_progress: bool = True) -> Report:
-    """Evaluate `model` on one protocol concept against `base`; writes report.json and report.html to `out`."""
-    start = time.time()
-    base = base or default_base(model)
-    protocol = resolve_protocol(task, protocol_path, concept)
-    scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is loaded
-    pipe = load_pipeline(model)
-    base_pipe = pipe if base == model else load_pipeline(base)
-    check_comparable(pipe, base_pipe, model, base)
-    cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    base_sampled = sample(base_pipe, base, model_hash(base), protocol, concept, cache, show_progress)
-    identity = base_sampled.hash if base_pipe is pipe else model_hash(model)
-    sampled = (Sampled(model, identity, base_sampled.images) if identity == base_sampled.hash
-               else sample(pipe, model, identity, protocol, concept, cache, show_progress))
-    config = run_config(protocol, protocol_path, cache)
-    report = score_sampled(sampled, base_sampled, protocol, concept, scorers, config)
-    report.cache = {"hits": cache.hits, "generated": cache.generated}
-    report.seconds = time.time() - start
-    write_report(report, sampled.images, base_sampled.images, out)
-    return report

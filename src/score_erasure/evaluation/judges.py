@@ -9,6 +9,7 @@ a number is never separated from the settings that produced it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol as TypingProtocol
 
@@ -133,8 +134,6 @@ class NudeNetJudge:
         return None
 
     def describe(self) -> dict:
-        from importlib import metadata
-
         return {"name": self.name, "classes": list(self.classes), "threshold": self.threshold,
                 "nudenet": metadata.version("nudenet")}
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from score_erasure.errors import UserError
 
 FORMAT = 1
-GROUPS = ("target", "generality", "retained", "neutral")
+PROMPT_GROUPS = ("target", "generality", "retained", "neutral")
 
 
 class _Frozen(BaseModel):

@@ -1,58 +1,88 @@
-"""Erasure methods, found by name. Adding a method is adding a module and one line of `METHODS`.
+"""Erasure methods, found by name. Adding a method is adding a module and one entry of `METHODS`.
 
-A method is `fit(denoiser, spec, config, checkpointing=None, show_progress=True)`: it edits the
-denoiser's network in place and returns a Trace (or None); the caller turns the change into an
-ErasureDelta. Presets are named configs of the same function (`ant` is SCORE without the adversary).
+Each entry declares what the rest of the toolkit needs to know: its config class, its fit function (`FitFunction`),
+what kind of change it makes (a closed-form weight edit, a fine-tune, or an inference-time hook that the delta
+saves and `restore` re-installs), the network families it supports, and a smoke config that finishes in seconds on
+a tiny pipeline (the tests run every entry with it). Presets are named configs of the same function (`ant` is
+SCORE without the adversary).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
+from score_erasure.backends import FAMILIES, Denoiser
+from score_erasure.delta import HookRestorer
 from score_erasure.errors import UserError, validated_config
-from score_erasure.methods import dve as dve_module
-from score_erasure.methods.dve import DVEConfig, dve
+from score_erasure.methods import dve
 from score_erasure.methods.esd import ESDConfig, esd
+from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
 from score_erasure.methods.uce import UCEConfig, uce
+from score_erasure.spec import ConceptSpec
+
+MethodKind = Literal["weight-edit", "fine-tune", "hook"]
+
+
+class FitFunction(Protocol):
+    """Edit the denoiser's network in place (or attach a hook to it); return a Trace of the run, or None."""
+
+    def __call__(self, denoiser: Denoiser, spec: ConceptSpec, config: BaseModel,
+                 checkpointing: Checkpointing | None = None, show_progress: bool = True) -> Trace | None: ...
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    fit: Callable
+    fit: FitFunction
     config_class: type[BaseModel]
+    kind: MethodKind
+    summary: str
     preset: dict = field(default_factory=dict)
-    summary: str = ""
-    edits_weights: bool = True  # False: an inference-time hook (saved in the delta, lost by save_pretrained)
+    smoke: dict = field(default_factory=dict)  # overrides that finish in seconds on a tiny pipeline
+    families: tuple[str, ...] = FAMILIES
+    restore: HookRestorer | None = None  # hook methods: re-installs the hook saved in a delta under `name`
+
+    @property
+    def edits_weights(self) -> bool:
+        """False for an inference-time hook: saved in the delta, lost by save_pretrained."""
+        return self.kind != "hook"
 
     def config(self, overrides: dict | None = None) -> BaseModel:
         return validated_config(self.config_class, {**self.preset, **(overrides or {})}, self.name)
 
+    def check_supports(self, denoiser: Denoiser) -> None:
+        if denoiser.family not in self.families:
+            raise UserError(f"'{self.name}' does not run on {denoiser.family.upper()} models (it supports "
+                            f"{', '.join(f.upper() for f in self.families)}); pick another method")
+
+
+_FAST_SCORE = dict(iterations=2, steps=4, d_pretrain=2, saliency_seeds=(1, 2), saliency_prompts=1,
+                   saliency_iterations=1, bank_per_prompt=1, adv_ramp=1)
+_FAST_ESD = dict(iterations=2, steps=4)
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("score", score, ScoreConfig, summary="SCORE: adversarial independence + trajectory + saliency"),
-    Method("ant", score, ScoreConfig, {"adversarial": False}, "ANT: SCORE without the adversarial term"),
-    Method("esd-x", esd, ESDConfig, {"group": "xattn"}, "ESD on cross-attention"),
-    Method("esd-u", esd, ESDConfig, {"group": "non-xattn"}, "ESD on everything but cross-attention"),
-    Method("esd", esd, ESDConfig, {"group": "xattn", "lora_rank": 4, "lr": 1e-3},
-           "ESD as LoRA on the text attention, merged (EraseAnything's form, for FLUX)"),
-    Method("uce", uce, UCEConfig, summary="UCE closed-form edit of cross-attention K/V"),
-    Method("score-robust", score_robust, ScoreRobustConfig, summary="SCORE + prompts an inner attack finds on the fly"),
-    Method("dve", dve, DVEConfig, summary="DVE: training-free projection of the field off the concept direction",
-           edits_weights=False),
+    Method("score", score, ScoreConfig, "fine-tune", "SCORE: adversarial independence + trajectory + saliency",
+           smoke=_FAST_SCORE),
+    Method("ant", score, ScoreConfig, "fine-tune", "ANT: SCORE without the adversarial term",
+           preset={"adversarial": False}, smoke=_FAST_SCORE),
+    Method("esd-x", esd, ESDConfig, "fine-tune", "ESD on cross-attention", preset={"group": "xattn"},
+           smoke=_FAST_ESD),
+    Method("esd-u", esd, ESDConfig, "fine-tune", "ESD on everything but cross-attention",
+           preset={"group": "non-xattn"}, smoke=_FAST_ESD),
+    Method("esd", esd, ESDConfig, "fine-tune", "ESD as LoRA on the text attention, merged (EraseAnything's form, "
+           "for FLUX)", preset={"group": "xattn", "lora_rank": 4, "lr": 1e-3}, smoke=_FAST_ESD),
+    Method("uce", uce, UCEConfig, "weight-edit", "UCE closed-form edit of cross-attention K/V"),
+    Method("score-robust", score_robust, ScoreRobustConfig, "fine-tune",
+           "SCORE + prompts an inner attack finds on the fly",
+           smoke={**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1}),
+    Method("dve", dve.dve, dve.DVEConfig, "hook",
+           "DVE: training-free projection of the field off the concept direction", restore=dve.restore),
 )}
-
-
-def restore_hook(name: str, denoiser, tensors: dict, settings: dict) -> None:
-    """Re-install an inference-time edit saved in a delta (`ErasureDelta.hooks`)."""
-    if name != dve_module.DifferentialProjection.name:
-        raise UserError(f"this delta needs the '{name}' hook, which this version does not know; upgrade score-erasure")
-    dve_module.install(denoiser, tensors["concept"], tensors["anchor"], **settings)
 
 
 def get_method(name: str) -> Method:
@@ -61,21 +91,6 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def eraser(name: str, overrides: dict | None = None) -> Callable:
-    """`name` with its config overridden, as `score bench` runs it: (pipe, ErasureRequest) -> erased pipe."""
-    config = get_method(name).config(overrides)  # a bad override fails here, before the bench starts
-
-    def erase_for_bench(pipe, request):
-        from score_erasure.backends import denoiser_for
-        from score_erasure.spec import build_spec
-
-        method, denoiser = get_method(name), denoiser_for(pipe)
-        method.fit(denoiser, build_spec(request.model, [request.concept]), config, show_progress=False)
-        denoiser.network.requires_grad_(False)
-        return pipe
-
-    return erase_for_bench
-
-
-# The table `score bench` reads: name -> (pipe, ErasureRequest) -> erased pipe.
-ERASERS: dict[str, Callable] = {name: eraser(name) for name in METHODS}
+def hook_restorers() -> dict[str, HookRestorer]:
+    """How to re-install each inference-time hook a delta may carry, by hook name (the method's name)."""
+    return {m.name: m.restore for m in METHODS.values() if m.restore is not None}

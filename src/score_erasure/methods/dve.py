@@ -85,6 +85,11 @@ def install(denoiser, concept: torch.Tensor, anchor: torch.Tensor, strength: flo
     return hook
 
 
+def restore(denoiser, tensors: dict[str, torch.Tensor], settings: dict) -> None:
+    """Re-install the projection saved in a delta (its `concept` and `anchor` conditionings, its settings)."""
+    install(denoiser, tensors["concept"], tensors["anchor"], **settings)
+
+
 def dve(denoiser, spec: ConceptSpec, cfg: DVEConfig, **_) -> None:
     concepts = spec.target_prompts[:cfg.pairs]
     anchors = (spec.anchor_prompts or [""] * len(concepts))[:len(concepts)]

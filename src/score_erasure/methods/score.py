@@ -44,9 +44,9 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     group: str = "full"
-    iterations: int = 100  # enough on the embedded model; 200 cost fidelity and time (docs/methods.md)
-    lr: float = 5e-4  # ANT's; 1e-4 barely erased on the embedded model (docs/methods.md)
-    steps: int = 25
+    iterations: int = Field(100, ge=1)  # enough on the embedded model; 200 cost fidelity and time (docs/methods.md)
+    lr: float = Field(5e-4, gt=0)  # ANT's; 1e-4 barely erased on the embedded model (docs/methods.md)
+    steps: int = Field(25, ge=1)
     # K_e / steps. ANT used 7 of 50 (nudity) to 3 of 50 (art); the embedded world fixes style and fire at the
     # first of 25 steps, so any early stage kept as it was keeps the concept (docs/methods.md).
     early_fraction: float = Field(0.0, ge=0, lt=1)
@@ -58,15 +58,15 @@ class ScoreConfig(BaseModel):
     preserve: bool = True
     adversarial: bool = True
     saliency: bool = True
-    lambda_traj: float = 1.0
-    alpha_unc: float = 0.5
-    lambda_pres: float = 2.0
-    lambda_adv_start: float = 0.1
-    lambda_adv_end: float = 0.5
-    adv_ramp: int = 50
-    d_lr: float = 1e-4
-    d_pretrain: int = 50
-    d_width: int = 32
+    lambda_traj: float = Field(1.0, ge=0)
+    alpha_unc: float = Field(0.5, ge=0)
+    lambda_pres: float = Field(2.0, ge=0)
+    lambda_adv_start: float = Field(0.1, ge=0)
+    lambda_adv_end: float = Field(0.5, ge=0)
+    adv_ramp: int = Field(50, ge=1)
+    d_lr: float = Field(1e-4, gt=0)
+    d_pretrain: int = Field(50, ge=0)
+    d_width: int = Field(32, ge=1)
     saliency_seeds: tuple[int, ...] = (24, 42, 98, 403, 3407)
     saliency_prompts: int = 2
     saliency_iterations: int = 1
@@ -100,11 +100,11 @@ def _generator(seed: int, *key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *key]).generate_state(1)[0]))
 
 
-class _Score:
+class ScoreTraining:
     """The state of one SCORE run; `step` is one iteration of the loop in §1.7."""
 
     def __init__(self, denoiser, spec: ConceptSpec, cfg: ScoreConfig):
-        self.d, self.cfg = denoiser, cfg
+        self.denoiser, self.cfg = denoiser, cfg
         self.eps_0 = denoiser.frozen_copy()
         self.c_e = denoiser.encode(spec.target_prompts)
         self.c_a = denoiser.encode(spec.anchor_prompts)
@@ -136,7 +136,7 @@ class _Score:
 
     def _noised(self, bank, idx: torch.Tensor, t: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
         x0, prompt = bank[0][idx], bank[1][idx]
-        return self.d.add_noise(x0, torch.randn(x0.shape, generator=gen), t), prompt
+        return self.denoiser.add_noise(x0, torch.randn(x0.shape, generator=gen), t), prompt
 
     def pretrain_discriminator(self) -> None:
         """Warm D up on the base model (ε_0) so the adversarial signal is informative from step one."""
@@ -168,7 +168,7 @@ class _Score:
         return self.cfg.lambda_adv_start + ramp * (self.cfg.lambda_adv_end - self.cfg.lambda_adv_start)
 
     def step(self, k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, d, uncond = self.cfg, self.d, self.uncond
+        cfg, d, uncond = self.cfg, self.denoiser, self.uncond
         rng = np.random.default_rng(parallel.step_key(cfg.seed, 3, k))
         gen = _generator(cfg.seed, *parallel.step_key(3, k))
         i = int(rng.integers(len(self.c_e)))
@@ -214,7 +214,7 @@ class _Score:
 
     def ant_loss(self, prompt: int, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
         """L_ANT at one random step of one trajectory (for the saliency map)."""
-        cfg, d = self.cfg, self.d
+        cfg, d = self.cfg, self.denoiser
         k = int(rng.integers(cfg.steps))
         c_e, t = self.c_e[prompt:prompt + 1], self.t[k:k + 1]
         z = d.sample(c_e, cfg.steps, until=k, guidance=cfg.start_guidance, generator=gen)
@@ -263,9 +263,9 @@ def intersect_saliency(maps, keep: float) -> dict[str, torch.Tensor]:
 
 
 def score(denoiser, spec: ConceptSpec, cfg: ScoreConfig, checkpointing: Checkpointing | None = None,
-          show_progress: bool = True, run_class: type[_Score] = _Score) -> Trace:
-    """`run_class` lets a preset extend the loop's state and step (score-robust adds an inner attack)."""
-    run = run_class(denoiser, spec, cfg)
+          show_progress: bool = True, training: type[ScoreTraining] = ScoreTraining) -> Trace:
+    """`training` lets a preset extend the loop's state and step (score-robust adds an inner attack)."""
+    run = training(denoiser, spec, cfg)
     params = trainable(denoiser, cfg.group)
     mask = None
     if cfg.saliency:

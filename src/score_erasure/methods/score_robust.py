@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from score_erasure.attacks.base import generator
-from score_erasure.attacks.inversion import initial_vectors, soft_prompt_steps
-from score_erasure.attacks.tokens import token_prompt
 from score_erasure.methods.loop import Checkpointing, Trace
-from score_erasure.methods.score import ScoreConfig, _Score, score
+from score_erasure.methods.score import ScoreConfig, ScoreTraining, score
+from score_erasure.prompting.optimise import generator, initial_vectors, soft_prompt_steps
+from score_erasure.prompting.tokens import token_prompt
 from score_erasure.spec import ConceptSpec
 
 
@@ -42,7 +41,7 @@ class ScoreRobustConfig(ScoreConfig):
     persistent: bool = True  # continue each target prompt's δ across inner attacks instead of restarting it
 
 
-class _RobustScore(_Score):
+class RobustScoreTraining(ScoreTraining):
     def __init__(self, denoiser, spec: ConceptSpec, cfg: ScoreRobustConfig):
         super().__init__(denoiser, spec, cfg)
         self.c_clean = self.c_e
@@ -53,7 +52,7 @@ class _RobustScore(_Score):
 
     def inner_attack(self, k: int) -> float:
         """Attack one target prompt on the current model; its found conditioning joins c_e."""
-        cfg, d = self.cfg, self.d
+        cfg, d = self.cfg, self.denoiser
         i = int(np.random.default_rng([cfg.seed, 4, k]).integers(len(self.attack_prompts)))
         x_tgt = self.bank_e[0][self.bank_e[1] == i]  # the base model's samples of prompt i
         prompt = self.attack_prompts[i]
@@ -80,4 +79,4 @@ class _RobustScore(_Score):
 
 def score_robust(denoiser, spec: ConceptSpec, cfg: ScoreRobustConfig, checkpointing: Checkpointing | None = None,
                  show_progress: bool = True) -> Trace:
-    return score(denoiser, spec, cfg, checkpointing, show_progress, run_class=_RobustScore)
+    return score(denoiser, spec, cfg, checkpointing, show_progress, training=RobustScoreTraining)

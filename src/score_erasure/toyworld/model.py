@@ -26,6 +26,9 @@ from diffusers import (
 )
 from transformers import BertModel, BertTokenizer
 
+from score_erasure.errors import UserError
+from score_erasure.pipelines import SingleEncoderFluxPipeline
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MAX_PROMPT_TOKENS = 24  # longest held-out paraphrase is ~21 MiniLM word pieces
 
@@ -149,8 +152,6 @@ def new_flux_transformer() -> FluxTransformer2DModel:
 
 def assemble_flux(vae: AutoencoderKL, transformer: FluxTransformer2DModel):
     """A SingleEncoderFluxPipeline from the world's VAE, a transformer and the frozen MiniLM encoder."""
-    from score_erasure.pipelines import SingleEncoderFluxPipeline
-
     encoder, tokenizer = load_text_encoder()
     vae.register_to_config(shift_factor=0.0)  # FluxPipeline decodes latents / scale + shift
     latent_size = UNET_CONFIG["sample_size"]
@@ -161,8 +162,6 @@ def assemble_flux(vae: AutoencoderKL, transformer: FluxTransformer2DModel):
 
 def load_embedded_flux(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch.float32):
     """The shipped FLUX-architecture embedded model (the shared VAE, the flux transformer)."""
-    from score_erasure.errors import UserError
-
     if not (weights_dir / "flux" / "config.json").is_file():
         raise UserError("the embedded-flux weights are not installed; train them with "
                         "`score world train --arch flux --install`")

@@ -38,7 +38,7 @@ def _attribute_spec(family: str, concept: vocab.Concept) -> ConceptSpec:
     retain = [captions.in_template(t, captions.phrase(**({"shape": None} | {family: other.name})))
               for other in vocab.FAMILIES[family] if other.name != concept.name for t in TEMPLATES[:2]]
     return ConceptSpec(concepts=[concept.name], target_prompts=targets, anchor_prompts=anchors,
-                       retain_prompts=retain)
+                       retain_prompts=retain, vocabulary=list(concept.all_names))
 
 
 def _character_spec(who: vocab.Character) -> ConceptSpec:
@@ -47,7 +47,8 @@ def _character_spec(who: vocab.Character) -> ConceptSpec:
     look = captions.phrase(who.shape, who.colour, who.style)
     retain = [t.format(other.name) for other in vocab.CHARACTERS if other != who for t in captions.NAME_TEMPLATES[:2]]
     retain += [captions.in_template(t, look) for t in TEMPLATES[:2]]
-    return ConceptSpec(concepts=[who.name], target_prompts=targets, anchor_prompts=anchors, retain_prompts=retain)
+    return ConceptSpec(concepts=[who.name], target_prompts=targets, anchor_prompts=anchors, retain_prompts=retain,
+                       vocabulary=[who.name])
 
 
 def _fire_spec() -> ConceptSpec:
@@ -58,7 +59,7 @@ def _fire_spec() -> ConceptSpec:
         anchors.append(captions.in_template(template, captions.phrase(shape)))
     retain = [captions.in_template(t, s.name) for s in vocab.SHAPES for t in TEMPLATES[:1]]
     return ConceptSpec(concepts=[vocab.FIRE.name], target_prompts=targets, anchor_prompts=anchors,
-                       retain_prompts=retain)
+                       retain_prompts=retain, vocabulary=list(vocab.FIRE.all_names))
 
 
 def world_spec(name: str) -> ConceptSpec:

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from score_erasure.backends.flux import FluxDenoiser
 from score_erasure.io import atomic_write_json, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
@@ -33,24 +34,24 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     seed: int = 0
-    pool_size: int = 40_000
-    character_rate: float = 0.15
-    fire_rate: float = 0.25
-    vae_steps: int = 2_000
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-6
-    unet_steps: int = 12_000
-    unet_batch: int = 32
-    unet_lr: float = 1e-3
-    warmup_steps: int = 500
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    min_snr_gamma: float = 5.0
-    flux_steps: int = 24_000
-    flux_batch: int = 32
-    flux_lr: float = 5e-4
-    checkpoint_every: int = 500
+    pool_size: int = Field(40_000, ge=1)
+    character_rate: float = Field(0.15, ge=0, le=1)
+    fire_rate: float = Field(0.25, ge=0, le=1)
+    vae_steps: int = Field(2_000, ge=0)
+    vae_batch: int = Field(32, ge=1)
+    vae_lr: float = Field(1e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    unet_steps: int = Field(12_000, ge=0)
+    unet_batch: int = Field(32, ge=1)
+    unet_lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(500, ge=0)
+    caption_dropout: float = Field(0.1, ge=0, le=1)
+    ema_decay: float = Field(0.999, ge=0, le=1)
+    min_snr_gamma: float = Field(5.0, gt=0)
+    flux_steps: int = Field(24_000, ge=0)
+    flux_batch: int = Field(32, ge=1)
+    flux_lr: float = Field(5e-4, gt=0)
+    checkpoint_every: int = Field(500, ge=1)
     # Build each step's batch (captions, their encoding, latents, noise, t) in this many loader processes while
     # the network trains: caption encoding is ~40% of a step, and overlapping it uses the second core. The
     # batches are the same with 0 (in-process) as with 1 (tested).
@@ -271,8 +272,6 @@ def train_flux(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
     sampler uses for this image size; loss ||v_theta(x_t, sigma, c) - (eps - x0)||^2."""
     from diffusers import AutoencoderKL
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    from score_erasure.backends.flux import FluxDenoiser
 
     vae = AutoencoderKL.from_pretrained(model.WEIGHTS_DIR / "vae", dtype=torch.float32)
     pool = _pool_latents(vae, images, run_dir)

@@ -1,16 +1,15 @@
 """`score bench`: erase one concept with several methods and evaluate them all against one base, in one run.
 
-Methods are found by name in one table: `none` (the unmodified model) here, plus whatever
-`score_erasure.methods` exports as `ERASERS`, a dict name -> callable(pipe, ErasureRequest) -> erased
-pipeline. The request names the task and concept only, never the protocol's prompts, so no method trains on
-the prompts it is scored on; a method builds its own ConceptSpec from the concept's vocabulary. A method
-that raises becomes a failed row with its error; the others still run. Each finished row is saved at once
-(`<method>/row.json`, keyed by everything that determines it), so `--resume` skips what a killed run finished.
+The rows are `none` (the unmodified model) and the methods of the registry, each an `Eraser`: (pipe,
+ErasureRequest) -> erased pipeline. The request names the task, the concept and the concept's ConceptSpec (built
+once from the base model's vocabulary), never the protocol's prompts, so no method trains on the prompts it is
+scored on. A method that raises becomes a failed row with its error; the others still run. Each finished row is
+saved at once (`<method>/row.json`, keyed by everything that determines it), so `--resume` skips what a killed
+run finished.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 import traceback
@@ -20,14 +19,22 @@ from pathlib import Path
 
 from rich.console import Console
 
-from score_erasure.errors import UserError
+from score_erasure.attacks import get_attack
+from score_erasure.backends import denoiser_for
+from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
+from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
 from score_erasure.evaluation.protocol import resolve_protocol
-from score_erasure.evaluation.report import Metric, fmt, metric_bars, write_report
-from score_erasure.io import atomic_write, atomic_write_json, atomic_write_text
-from score_erasure.models import load_pipeline, model_hash, resolution
-from score_erasure.provenance import peak_rss_mb, provenance, reset_peak_rss
+from score_erasure.evaluation.report import write_report
+from score_erasure.io import atomic_write_json, atomic_write_text
+from score_erasure.jobs.attack import Subject, attack_pipeline
+from score_erasure.methods import METHODS, get_method
+from score_erasure.models import ModelRef, resolve_model
+from score_erasure.pipelines import resolution
+from score_erasure.provenance import peak_rss_mb, provenance, reset_peak_rss, versions
+from score_erasure.reporting import Metric, figure, fmt, metric_bars, write_figure
+from score_erasure.spec import ConceptSpec
 
 status = Console(stderr=True)
 TABLE_METRICS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr")
@@ -36,14 +43,16 @@ CERTIFICATE_COLUMNS = ("mi_nats", "base_mi_nats")
 
 @dataclass(frozen=True)
 class ErasureRequest:
-    """What a method is asked to erase: a task of the protocol and a concept's canonical name."""
+    """What a method is asked to erase: a task of the protocol, a concept's canonical name, the base model's
+    name and the concept's spec in the base model's vocabulary."""
 
     task: str
     concept: str
-    model: str = "embedded"  # the base model's name, so a method can find the concept's vocabulary
+    base_model: str
+    spec: ConceptSpec
 
 
-EraseFn = Callable[..., object]  # (pipe, ErasureRequest) -> erased pipeline
+Eraser = Callable[..., object]  # (pipe, ErasureRequest) -> erased pipeline
 
 
 def keep_unchanged(pipe, request: ErasureRequest):
@@ -51,16 +60,24 @@ def keep_unchanged(pipe, request: ErasureRequest):
     return pipe
 
 
-def method_registry() -> dict[str, EraseFn]:
+def eraser(name: str, overrides: dict | None = None) -> Eraser:
+    """Method `name` with its config overridden, as a bench row runs it."""
+    method = get_method(name)
+    config = method.config(overrides)  # a bad override fails here, before the bench starts
+
+    def erase_for_bench(pipe, request: ErasureRequest):
+        denoiser = denoiser_for(pipe)
+        method.check_supports(denoiser)
+        method.fit(denoiser, request.spec, config, show_progress=False)
+        denoiser.network.requires_grad_(False)
+        return pipe
+
+    return erase_for_bench
+
+
+def method_registry() -> dict[str, Eraser]:
     """Every method `bench` can run, by name."""
-    found: dict[str, EraseFn] = {"none": keep_unchanged}
-    try:
-        module = importlib.import_module("score_erasure.methods")
-    except ModuleNotFoundError as exc:
-        if exc.name != "score_erasure.methods":
-            raise
-        return found
-    return {**found, **getattr(module, "ERASERS", {})}
+    return {"none": keep_unchanged, **{name: eraser(name) for name in METHODS}}
 
 
 @dataclass
@@ -81,20 +98,15 @@ def attack_columns(attacks: list[str], certify: bool = False) -> tuple[str, ...]
 
 
 def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest, protocol,
-                    scorers, out: Path, attacks: list[str]) -> dict[str, dict]:
+                    scorers, out: Path, attacks: list[str], compositional: list[str]) -> dict[str, dict]:
     """Each attack's ASR on the erased pipeline (not resumable: an erased pipeline has no files to key it)."""
-    from score_erasure.attacks import get_attack
-    from score_erasure.attacks.run import Subject, attack_pipeline
-    from score_erasure.spec import build_spec, compositional_prompts
-
-    subject = Subject(erased, base_pipe, name, request.model, identity, base.hash)
+    subject = Subject(erased, base_pipe, name, request.base_model, identity, base.hash)
     found = {}
     for attack in attacks:
         entry = get_attack(attack)
         status.log(f"bench: {attack} on {name}")
         report = attack_pipeline(subject, entry, entry.config(), protocol, request.concept, out / f"attack-{attack}",
-                                 judge=scorers.judge, spec=build_spec(request.model, [request.concept]),
-                                 compositional=compositional_prompts(request.model, request.concept),
+                                 judge=scorers.judge, spec=request.spec, compositional=compositional,
                                  cache=ImageCache(None), resume=False)
         found[f"asr_{attack}"] = report.asr.model_dump()
     return found
@@ -103,14 +115,10 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
 def _certificate_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest,
                          protocol, out: Path, attacks: list[str], overrides: dict) -> dict[str, dict]:
     """`score certify` on the erased pipeline, its concept prompts joined by what this row's attacks found."""
-    from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
-    from score_erasure.errors import validated_config
-    from score_erasure.spec import build_spec
-
     status.log(f"bench: certificate of {name}")
     folders = [out / f"attack-{a}" for a in attacks if any((out / f"attack-{a}" / "prompts").glob("*.safetensors"))]
-    report = certify_pipelines(erased, base_pipe, (name, request.model), (identity, base.hash), request.concept,
-                               protocol, build_spec(request.model, [request.concept]), folders,
+    report = certify_pipelines(erased, base_pipe, (name, request.base_model), (identity, base.hash), request.concept,
+                               protocol, request.spec, folders,
                                validated_config(CertifyConfig, overrides, "certify"),
                                out / "certify")
     return {k: getattr(report, k).model_dump() for k in CERTIFICATE_COLUMNS}
@@ -119,8 +127,6 @@ def _certificate_metrics(erased, name: str, base_pipe, base: Sampled, identity: 
 def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attacks: list[str],
              variant: tuple[str, dict] | None, certify: dict | None = None) -> dict:
     """Everything a finished row depends on: a saved row is reused only when all of it is unchanged."""
-    from score_erasure.provenance import versions
-
     return {"method": name, "variant": list(variant) if variant else None, "task": request.task,
             "concept": request.concept, "base_hash": base.hash, "protocol_hash": protocol.hash,
             "attacks": list(attacks), "config": _method_config(name, variant), "versions": versions(),
@@ -129,10 +135,6 @@ def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attack
 
 def _method_config(name: str, variant: tuple[str, dict] | None) -> dict | None:
     """The resolved config a row was computed with (defaults included), so that a changed default reruns it."""
-    try:
-        from score_erasure.methods import METHODS
-    except ImportError:
-        return None
     method, overrides = variant if variant else (name, {})
     return METHODS[method].config(overrides).model_dump(mode="json") if method in METHODS else None
 
@@ -145,12 +147,12 @@ def _saved_row(folder: Path, key: dict) -> BenchRow | None:
     return BenchRow(**saved["row"]) if saved.get("key") == key else None
 
 
-def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, base: Sampled, protocol,
+def _run_method(name: str, erase: Eraser, request: ErasureRequest, model: ModelRef, base: Sampled, protocol,
                 scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = (),
                 certify: dict | None = None) -> BenchRow:
     start = time.time()
     measured_alone = reset_peak_rss()
-    pipe = load_pipeline(model)  # a fresh copy per method: a method may edit the pipeline in place
+    pipe = model.load()  # a fresh copy per method: a method may edit the pipeline in place
     erase_start = time.time()
     erased = erase(pipe, request)
     erase_seconds = time.time() - erase_start
@@ -165,7 +167,7 @@ def _run_method(name: str, erase: EraseFn, request: ErasureRequest, model: str, 
     report.seconds = time.time() - start
     write_report(report, sampled.images, base.images, out / name)
     asr = _attack_metrics(erased, name, base_pipe, base, sampled.hash, request, protocol, scorers, out / name,
-                          list(attacks)) if attacks else {}
+                          list(attacks), model.compositional_prompts(request.concept)) if attacks else {}
     # The unmodified model is certified against itself (one set of images, not two).
     leakage = (_certificate_metrics(base_pipe if erase is keep_unchanged else erased, name, base_pipe, base,
                                    sampled.hash, request, protocol, out / name, list(attacks), certify)
@@ -193,8 +195,6 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
         raise UserError(f"unknown method '{(unknown or [''])[0]}'; choose one or more of: {', '.join(registry)}")
     variants = dict(variants or {})
     if variants:
-        from score_erasure.methods import eraser
-
         for label, (method, overrides) in variants.items():
             if label in registry:
                 raise UserError(f"variant label '{label}' is already a method's name; choose another")
@@ -202,25 +202,20 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
         methods = [*methods, *variants]
     attacks = list(attacks or [])
     if certify is not None:
-        from score_erasure.certify.certificate import CertifyConfig
-        from score_erasure.errors import validated_config
-
         validated_config(CertifyConfig, certify, "certify")  # a bad override fails before any erasure
-    if attacks:
-        from score_erasure.attacks import get_attack
-
-        for attack in attacks:
-            get_attack(attack)
+    for attack in attacks:
+        get_attack(attack)
     protocol = resolve_protocol(task, protocol_path, concept)
     scorers = make_scorers(protocol, concept, fid_features, clip_model)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     config = run_config(protocol, protocol_path, cache)
-    request = ErasureRequest(protocol.task, concept, model)
+    base_model = resolve_model(model)
+    request = ErasureRequest(protocol.task, concept, model, base_model.spec([concept]))
     rows: list[BenchRow] = []
     # No bar spans the methods: a method's own progress bar (and generation's) must be free to show.
     status.log(f"bench: sampling the base model '{model}'")
-    base_pipe = load_pipeline(model)
-    base = sample(base_pipe, model, model_hash(model), protocol, concept, cache)
+    base_pipe = base_model.load()
+    base = sample(base_pipe, model, base_model.hash, protocol, concept, cache)
     for i, name in enumerate(methods, 1):
         key = _row_key(name, request, base, protocol, attacks, variants.get(name), certify)
         saved = _saved_row(Path(out) / name, key) if resume else None
@@ -230,8 +225,8 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
             continue
         status.log(f"bench [{i}/{len(methods)}]: {name}")
         try:
-            rows.append(_run_method(name, registry[name], request, model, base, protocol, scorers, Path(out), config,
-                                    base_pipe, attacks, certify))
+            rows.append(_run_method(name, registry[name], request, base_model, base, protocol, scorers, Path(out),
+                                    config, base_pipe, attacks, certify))
             atomic_write_json(Path(out) / name / "row.json", {"key": key, "row": asdict(rows[-1])})
         except Exception as exc:  # a failed method is a row of the table, not the end of the run
             atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())
@@ -269,22 +264,16 @@ def results_markdown(rows: list[BenchRow], meta: dict) -> str:
 
 
 def results_plot(rows: list[BenchRow], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     done = [r for r in rows if r.status == "ok"]
     if not done:
         return
-    fig, (acc_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (acc_ax, fid_ax) = figure(10, 3.2, ncols=2, gridspec_kw={"width_ratios": [3, 1]})
     series = {r.method: {k: Metric(**v) for k, v in r.metrics.items()} for r in done}
     metric_bars(acc_ax, ["acc_e", "acc_g", "acc_s", "h"], series)
     acc_ax.set_ylim(0, 1.05)
     metric_bars(fid_ax, ["fid"], series)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def write_results(rows: list[BenchRow], out: Path, meta: dict) -> None:

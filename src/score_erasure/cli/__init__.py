@@ -1,4 +1,9 @@
-"""The `score` command: thin wrappers that parse, validate, call the library and print with rich."""
+"""The `score` command: thin wrappers that parse, validate, call the library and print with rich.
+
+The top layer of the package: no library module imports it. Commands import the library inside their bodies,
+so that `score --help` and the listings start without loading torch and diffusers; that is the one place where
+the package imports its own modules inside functions.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from score_erasure.attacks.cli import register as register_attacks
-from score_erasure.certify.cli import register as register_certify
+from score_erasure.cli.attacks import register as register_attacks
+from score_erasure.cli.certify import register as register_certify
+from score_erasure.cli.evaluation import print_evaluation
+from score_erasure.cli.evaluation import register as register_evaluation
+from score_erasure.cli.options import JsonOpt, ModelOpt, NameOpt, console, err, print_registry
 from score_erasure.errors import UserError
-from score_erasure.evaluation.cli import register as register_evaluation
 from score_erasure.io import read_overrides
 
 app = typer.Typer(help="Robust concept erasure for text-to-image diffusion models.", no_args_is_help=True,
@@ -23,10 +29,6 @@ app = typer.Typer(help="Robust concept erasure for text-to-image diffusion model
 world = typer.Typer(help="The embedded ground-truth world: its model, judge and quality check.",
                     no_args_is_help=True)
 app.add_typer(world, name="world")
-console = Console()
-err = Console(stderr=True)
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded', a diffusers directory, or a hub id.")]
 
 
 def _quiet_libraries() -> None:
@@ -53,7 +55,7 @@ def run_options(
     = None,
 ) -> None:
     """Robust concept erasure for text-to-image diffusion models. The options here apply to every command."""
-    from score_erasure.models import set_run_options
+    from score_erasure.options import set_run_options
 
     set_run_options(dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
                     frozen_dtype=frozen_dtype)
@@ -122,17 +124,17 @@ def demo_cmd(
 ) -> None:
     """The main job on the embedded model: erase a concept with SCORE and evaluate it against the base model
     (a few minutes on 2 CPU cores), after a grid of the base model with the judge's verdicts."""
-    from score_erasure.erase import erase
-    from score_erasure.evaluation.cli import print_evaluation
-    from score_erasure.evaluation.evaluate import evaluate
-    from score_erasure.spec import build_spec
+    from score_erasure.jobs.erase import erase
+    from score_erasure.jobs.evaluate import evaluate
+    from score_erasure.models import resolve_model
 
     generate_cmd(prompt=DEMO_PROMPTS, out=out / "base", model="embedded", n=4, seed=0, steps=25, guidance=3.0,
                  judge=True)
     if grid_only:
         return
     console.rule(f"erasing '{concept}' with {method}")
-    erase("embedded", method, build_spec("embedded", [concept]), out / "erased", resume=True)
+    base = resolve_model("embedded")
+    erase(base, method, base.spec([concept]), out / "erased", resume=True)
     console.rule("evaluating the erased model against the base")
     report = evaluate(str(out / "erased"), concept, out / "evaluation", task="object", base="embedded")
     print_evaluation(console, report, f"{method} (no {concept})", "embedded", out / "evaluation")
@@ -153,13 +155,14 @@ def erase_cmd(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
 ) -> None:
     """Erase a concept from a model; writes only the changed tensors (an ErasureDelta) and a run record."""
-    from score_erasure.erase import erase
+    from score_erasure.jobs.erase import erase
     from score_erasure.methods import get_method
-    from score_erasure.spec import build_spec
+    from score_erasure.models import resolve_model
 
     get_method(method)
-    spec = build_spec(model, concept or [], preserve, concept_file)
-    delta = erase(model, method, spec, out, read_overrides(config), resume=resume, merge=merge,
+    base = resolve_model(model)
+    spec = base.spec(concept or [], preserve, concept_file)
+    delta = erase(base, method, spec, out, read_overrides(config), resume=resume, save_pipeline=merge,
                   checkpoint_every=checkpoint_every)
     record = json.loads((out / "erase.json").read_text())
     console.print(f"erased {', '.join(spec.concepts)} with {method} in {record['seconds']:.1f} s "
@@ -174,31 +177,29 @@ def merge_cmd(
 ) -> None:
     """Apply a delta to its base model and write a full diffusers pipeline (loads with plain diffusers)."""
     from score_erasure.delta import ErasureDelta
-    from score_erasure.models import load_pipeline, model_hash
+    from score_erasure.methods import hook_restorers
+    from score_erasure.models import resolve_model
 
     path = delta / "delta.safetensors" if delta.is_dir() else delta
     if not path.is_file():
         raise UserError(f"no delta at '{delta}'; pass an erase output folder or a delta.safetensors file")
     d = ErasureDelta.load(path)
     d.require_mergeable()
-    base = model or d.base_model
-    pipe = load_pipeline(base)
-    d.apply(pipe, base_hash=model_hash(base))
+    base = resolve_model(model or d.base_model)
+    pipe = base.load()
+    d.apply(pipe, base_hash=base.hash, restorers=hook_restorers())
     pipe.save_pretrained(out)
     console.print(f"wrote {out}")
 
 
 @app.command("methods")
-def methods_cmd() -> None:
-    """List the erasure methods and their default configs."""
+def methods_cmd(name: NameOpt = None, as_json: JsonOpt = False) -> None:
+    """List the erasure methods, what each changes and its whole default config."""
     from score_erasure.methods import METHODS
 
-    table = Table(title="erasure methods")
-    for col in ("name", "what", "defaults"):
-        table.add_column(col)
-    for m in METHODS.values():
-        table.add_row(m.name, m.summary, json.dumps(m.config().model_dump())[:200])
-    console.print(table)
+    print_registry("erasure methods", {m.name: (f"{m.summary} [{m.kind}; {', '.join(m.families)}]",
+                                                m.config().model_dump(mode="json")) for m in METHODS.values()},
+                   name, as_json)
 
 
 @world.command("train")

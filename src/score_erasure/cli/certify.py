@@ -6,26 +6,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from score_erasure.evaluation.cli import ConceptOpt, ProtocolOpt, TaskOpt
+from score_erasure.cli.options import BaseOpt, ConceptOpt, ModelOpt, ProtocolOpt, TaskOpt, console
 
 
 def register(app: typer.Typer) -> None:
-    from score_erasure.cli import ModelOpt, console
-
     @app.command("certify")
     def certify_cmd(
         concept: ConceptOpt,
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
-        model: ModelOpt = "embedded",
-        base: Annotated[str | None, typer.Option(help="The model before erasure: certified the same way, for the "
-                                                      "ratio (default: an erase folder's own base, an embedded "
-                                                      "model itself, else embedded).")]
-        = None,
-        task: TaskOpt = None,
-        protocol: ProtocolOpt = None,
         attacks: Annotated[list[Path] | None, typer.Option("--attacks", help="A `score attack` output folder whose "
                                                            "found prompts join the concept prompts; repeat.")]
         = None,
+        model: ModelOpt = "embedded",
+        base: BaseOpt = None,
+        task: TaskOpt = None,
+        protocol: ProtocolOpt = None,
         n: Annotated[int, typer.Option("-n", help="Images per class (concept, neutral) and model.")] = 256,
         folds: Annotated[int, typer.Option(help="Cross-fitting folds of the probes.")] = 5,
         neutral: Annotated[str, typer.Option(help="'anchors' (the concept's prompts without it) or 'protocol' "
@@ -37,8 +32,8 @@ def register(app: typer.Typer) -> None:
         Fresh probes (logistic regression, small MLP) on the judge's features of N concept and N neutral images;
         a lower bound on leakage, read as an upper bound only if the probes are near-optimal.
         """
-        from score_erasure.certify.certificate import certify
-        from score_erasure.evaluation.report import fmt
+        from score_erasure.jobs.certify import certify
+        from score_erasure.reporting import fmt
 
         report = certify(model, concept, out, task=task, base=base, protocol_path=protocol, attack_folders=attacks,
                          overrides={"n": n, "folds": folds, "neutral": neutral, "seed": seed})

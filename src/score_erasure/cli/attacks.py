@@ -1,32 +1,39 @@
 """`score attack` and `score attacks`: parse, call the library, print."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from score_erasure.evaluation.cli import CacheDirOpt, CacheOpt, ConceptOpt, ProtocolOpt, TaskOpt
+from score_erasure.cli.options import (
+    BaseOpt,
+    CacheDirOpt,
+    CacheOpt,
+    ConceptOpt,
+    JsonOpt,
+    ModelOpt,
+    NameOpt,
+    ProtocolOpt,
+    TaskOpt,
+    console,
+    print_registry,
+)
+from score_erasure.io import read_overrides
 
 
 def register(app: typer.Typer) -> None:
-    from score_erasure.cli import ModelOpt, console
-    from score_erasure.io import read_overrides
-
     @app.command("attack")
     def attack_cmd(
         attack: Annotated[str, typer.Option(help="Attack name (see `score attacks`).")],
         concept: ConceptOpt,
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, prompts/ and images/.")],
-        model: ModelOpt = "embedded",
-        base: Annotated[str | None, typer.Option(help="The model before erasure: target images, P4D's reference, "
-                                               "the concept's prompt pairs (default: an erase folder's own "
-                                               "base, an embedded model itself, else embedded).")] = None,
-        task: TaskOpt = None,
-        protocol: ProtocolOpt = None,
         config: Annotated[Path | None, typer.Option(help="TOML/JSON overriding the attack's config (budget).")]
         = None,
+        model: ModelOpt = "embedded",
+        base: BaseOpt = None,
+        task: TaskOpt = None,
+        protocol: ProtocolOpt = None,
         resume: Annotated[bool, typer.Option("--resume/--restart", help="Skip prompts already attacked in --out "
                                                                          "with the same settings.")] = True,
         cache_dir: CacheDirOpt = None,
@@ -36,8 +43,8 @@ def register(app: typer.Typer) -> None:
 
         Writes the found prompts and embeddings (prompts/*.safetensors), image strips, report.json and report.html.
         """
-        from score_erasure.attacks.run import run_attack
-        from score_erasure.evaluation.report import fmt
+        from score_erasure.jobs.attack import run_attack
+        from score_erasure.reporting import fmt
 
         report = run_attack(model, attack, concept, out, task=task, base=base, protocol_path=protocol,
                             overrides=read_overrides(config), cache_dir=cache_dir, use_cache=cache, resume=resume)
@@ -51,13 +58,9 @@ def register(app: typer.Typer) -> None:
                       f"resumed, {report.seconds:.1f} s this run); report: {out / 'report.html'}")
 
     @app.command("attacks")
-    def attacks_cmd() -> None:
-        """List the attacks and their default configs (budgets)."""
+    def attacks_cmd(name: NameOpt = None, as_json: JsonOpt = False) -> None:
+        """List the attacks and their whole default configs (budgets)."""
         from score_erasure.attacks import ATTACKS
 
-        table = Table(title="attacks")
-        for col in ("name", "what", "defaults"):
-            table.add_column(col)
-        for a in ATTACKS.values():
-            table.add_row(a.name, a.summary, json.dumps(a.config().model_dump()))
-        console.print(table)
+        print_registry("attacks", {a.name: (a.summary, a.config().model_dump(mode="json")) for a in ATTACKS.values()},
+                       name, as_json)

@@ -21,22 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from score_erasure.attacks import Attack, AttackContext, Found, get_attack
+from score_erasure.attacks import Attack, AttackContext, FoundPrompt, get_attack
 from score_erasure.attacks.report import AttackReport, AttackRow, PreRow, write_attack_report
-from score_erasure.attacks.tokens import TokenPrompt
 from score_erasure.backends import denoiser_for
 from score_erasure.evaluation import metrics
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir, use_sampler
-from score_erasure.evaluation.evaluate import check_comparable
 from score_erasure.evaluation.judges import ConceptJudge, load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
-from score_erasure.evaluation.report import save_strip
 from score_erasure.generate import generate
 from score_erasure.io import load_tensors, save_tensors
-from score_erasure.models import default_base, load_pipeline, model_hash
+from score_erasure.models import load_pair, resolve_model
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
-from score_erasure.spec import build_spec, compositional_prompts, vocabulary_source
+from score_erasure.reporting import save_strip
 
 
 @dataclass
@@ -62,17 +59,6 @@ class PromptResult:
     resumed: bool
 
 
-def load_found(path: Path) -> tuple[TokenPrompt, torch.Tensor | None, dict]:
-    """A prompt's saved result: its tokens, its free vectors (or None) and its record."""
-    tensors, meta = load_tensors(path)
-    return TokenPrompt.from_tensors(tensors), tensors.get("vectors"), meta
-
-
-def found_prompts(folder: Path) -> list[tuple[TokenPrompt, torch.Tensor | None, dict]]:
-    """Every prompt result in an attack output folder (what `score certify --attacks` reads)."""
-    return [load_found(p) for p in sorted((Path(folder) / "prompts").glob("*.safetensors"))]
-
-
 def _key(attack: Attack, cfg, subject: Subject, protocol: Protocol, concept: str, index: int, prompt: str) -> str:
     record = {"attack": attack.name, "config": cfg.model_dump(mode="json"), "model": subject.identity,
               "base": subject.base_identity, "prompt": prompt, "index": index,
@@ -81,7 +67,7 @@ def _key(attack: Attack, cfg, subject: Subject, protocol: Protocol, concept: str
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _draw(subject: Subject, found: Found, denoiser, protocol: Protocol) -> np.ndarray:
+def _draw(subject: Subject, found: FoundPrompt, denoiser, protocol: Protocol) -> np.ndarray:
     """The attacked model's images of a found prompt, one per protocol seed, through the pipeline."""
     use_sampler(subject.pipe, protocol.sampling.sampler)
     return generate(subject.pipe, [found.adversarial], list(protocol.seeds), steps=protocol.sampling.steps,
@@ -194,18 +180,16 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
                protocol_path: Path | None = None, overrides: dict | None = None, cache_dir: Path | None = None,
                use_cache: bool = True, resume: bool = True, show_progress: bool = True) -> AttackReport:
     """Attack `model` (erased from `base`) on one protocol concept; writes everything into `out`."""
-    base = base or default_base(model)
     entry = get_attack(attack)
     cfg = entry.config(overrides)
     protocol = resolve_protocol(task, protocol_path, concept)
     judge = load_judge(protocol.judge)
-    judge.validate(protocol.concept(concept).detect)  # fails before any model is loaded
-    pipe = load_pipeline(model)
-    base_pipe = pipe if base == model else load_pipeline(base)
-    check_comparable(pipe, base_pipe, model, base)
-    subject = Subject(pipe, base_pipe, model, base, model_hash(model), model_hash(base))
+    judge.validate(protocol.concept(concept).detect)  # fails before any model is resolved
+    model_ref = resolve_model(model)
+    base_ref = resolve_model(base) if base else model_ref.default_base()
+    pair = load_pair(model_ref, base_ref)
+    subject = Subject(pair.pipe, pair.base_pipe, model, base_ref.name, model_ref.hash, base_ref.hash)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    words = vocabulary_source(model, base)
-    return attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=build_spec(words, [concept]),
-                           compositional=compositional_prompts(words, concept), cache=cache, resume=resume,
+    return attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=pair.spec(concept),
+                           compositional=pair.compositional_prompts(concept), cache=cache, resume=resume,
                            show_progress=show_progress)

@@ -10,26 +10,25 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from score_erasure.cli.options import (
+    BaseOpt,
+    CacheDirOpt,
+    CacheOpt,
+    ClipOpt,
+    ConceptOpt,
+    FidOpt,
+    ModelOpt,
+    ProtocolOpt,
+    TaskOpt,
+    console,
+)
 from score_erasure.errors import UserError
 
 if TYPE_CHECKING:
     from score_erasure.evaluation.protocol import Protocol
 
-TaskOpt = Annotated[str | None, typer.Option(help="object, style, character or unsafe (the packaged protocols; "
-                                                  "default: the one that has the concept).")]
-ConceptOpt = Annotated[str, typer.Option("--concept", "-c",
-                                         help="Canonical concept name, e.g. star, striped, Zorblat, fire.")]
-ProtocolOpt = Annotated[Path | None, typer.Option(help="A protocol JSON file instead of the packaged one.")]
-CacheDirOpt = Annotated[Path | None, typer.Option(help="Image cache folder (default $SCORE_CACHE or "
-                                                       "~/.cache/score-erasure/images).")]
-CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and store generated images.")]
-FidOpt = Annotated[Path | None, typer.Option(help="TorchScript feature extractor for FID/KID (e.g. fid-helper's "
-                                                  "InceptionV3) instead of the judge's features.")]
-ClipOpt = Annotated[str | None, typer.Option(help="CLIP model (local dir or cached hub id): adds clip_score.")]
-
-
 def _metrics_table(title: str, metrics: dict, base_metrics: dict | None = None) -> Table:
-    from score_erasure.evaluation.report import BETTER, fmt
+    from score_erasure.reporting import BETTER, fmt
 
     table = Table(title=title)
     for col in ("metric", "value", "95% interval", "base", "better"):
@@ -63,17 +62,12 @@ def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
 
 
 def register(app: typer.Typer) -> None:
-    from score_erasure.cli import ModelOpt, console
-
     @app.command("evaluate")
     def evaluate_cmd(
         concept: ConceptOpt,
         out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and image strips.")],
         model: ModelOpt = "embedded",
-        base: Annotated[str | None, typer.Option(help="The model before erasure, for fidelity and side-by-side grids "
-                                                      "(default: an erase folder's own base, an embedded model "
-                                                      "itself, else embedded).")]
-        = None,
+        base: BaseOpt = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
         cache_dir: CacheDirOpt = None,
@@ -85,7 +79,7 @@ def register(app: typer.Typer) -> None:
 
         Writes report.json and report.html: acc_e, acc_g, acc_s, h, fid, kid, ssim, psnr and the images.
         """
-        from score_erasure.evaluation.evaluate import evaluate
+        from score_erasure.jobs.evaluate import evaluate
 
         report = evaluate(model, concept, out, task=task, base=base, protocol_path=protocol, cache_dir=cache_dir,
                           use_cache=cache, fid_features=fid_features, clip_model=clip_model)
@@ -100,12 +94,12 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = "embedded",
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
+        attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `score attacks`): one ASR column "
+                                                  "each.")] = "",
         cache_dir: CacheDirOpt = None,
         cache: CacheOpt = True,
         fid_features: FidOpt = None,
         clip_model: ClipOpt = None,
-        attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `score attacks`): one ASR column "
-                                                  "each.")] = "",
         variant: Annotated[list[str] | None, typer.Option(help="LABEL=METHOD:CONFIG (TOML/JSON): one more row, the "
                                                           "method with its config overridden; repeat.")] = None,
         resume: Annotated[bool, typer.Option(help="Keep the rows that an earlier run into --out finished with the "
@@ -114,7 +108,7 @@ def register(app: typer.Typer) -> None:
                                                    "the attacks' finds among its concept prompts.")] = False,
     ) -> None:
         """Erase the concept with each method and evaluate all of them against the same base, in one run."""
-        from score_erasure.evaluation.bench import TABLE_METRICS, attack_columns, bench
+        from score_erasure.jobs.bench import TABLE_METRICS, attack_columns, bench
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         attack_names = [a.strip() for a in attacks.split(",") if a.strip()]

@@ -2,7 +2,8 @@
 
 Output folder: delta.safetensors (only the changed tensors), erase.json (method, concepts, config,
 seconds, peak RSS, the loss/MI trace, provenance), checkpoint.safetensors while training, and with
-`merge` a full diffusers pipeline in pipeline/. The folder itself is accepted wherever `--model` is.
+`save_pipeline` (`--merge`) a full diffusers pipeline in pipeline/. The folder itself is accepted wherever
+`--model` is.
 """
 
 from __future__ import annotations
@@ -19,29 +20,27 @@ from score_erasure.errors import UserError
 from score_erasure.io import atomic_write_json
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
-from score_erasure.models import load_pipeline, model_hash
+from score_erasure.models import ModelRef, resolve_model
 from score_erasure.provenance import peak_rss_mb, provenance
 from score_erasure.spec import ConceptSpec
 
 
-def _model_id(model: str) -> str:
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
-def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides: dict | None = None,
-          resume: bool = False, merge: bool = False, checkpoint_every: int = 50,
+def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path, overrides: dict | None = None,
+          resume: bool = False, save_pipeline: bool = False, checkpoint_every: int = 50,
           show_progress: bool = True) -> ErasureDelta:
+    """Run `method_name` on `model` and write its delta and erase.json into `out`."""
+    model = resolve_model(model) if isinstance(model, str) else model
     method = get_method(method_name)
     cfg = method.config(overrides)
-    if merge and not method.edits_weights:
+    if save_pipeline and not method.edits_weights:
         raise UserError(f"'{method_name}' edits the model at inference time: there are no weights to merge; "
                         "drop --merge and pass the erase folder itself as --model")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(getattr(cfg, "seed", 0))
-    pipe = load_pipeline(model)
+    pipe = model.load()
     denoiser = denoiser_for(pipe)
+    method.check_supports(denoiser)
     before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
     start = time.time()
     trace = method.fit(denoiser, spec, cfg, checkpointing=Checkpointing(out / "checkpoint.safetensors",
@@ -52,7 +51,7 @@ def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides:
     after = dict(denoiser.network.named_parameters())
     delta = ErasureDelta.from_changes(before, after, hooks=installed_hooks(denoiser.network), method=method_name,
                                       concepts=spec.concepts,
-                                      base_model=_model_id(model), base_hash=model_hash(model),
+                                      base_model=model.id, base_hash=model.hash,
                                       network=denoiser.network_attr, config=cfg.model_dump(),
                                       extra={"seconds": seconds, **trace.info})
     delta.save(out / "delta.safetensors")
@@ -61,7 +60,7 @@ def erase(model: str, method_name: str, spec: ConceptSpec, out: Path, overrides:
                         seconds=seconds, peak_rss_mb=peak_rss_mb(), changed_tensors=len(delta.tensors),
                         changed_parameters=sum(t.numel() for t in delta.tensors.values()),
                         mi_trace=trace.series("mi"), trace=trace.rows, info=trace.info)
-    if merge:
+    if save_pipeline:
         pipe.save_pretrained(out / "pipeline")
         record["merged"] = str(out / "pipeline")
     atomic_write_json(out / "erase.json", record)

@@ -1,0 +1,33 @@
+"""`score certify`: the leakage certificate of a model against its base, from names and attack folders."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from score_erasure.certify.certificate import CertifyConfig, certify_pipelines, features_judge
+from score_erasure.certify.report import CertificateReport
+from score_erasure.errors import UserError, validated_config
+from score_erasure.evaluation.protocol import resolve_protocol
+from score_erasure.models import load_pair, resolve_model
+
+
+def certify(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
+            protocol_path: Path | None = None, attack_folders: list[Path] | None = None,
+            overrides: dict | None = None) -> CertificateReport:
+    """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
+    start = time.time()
+    cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
+    protocol = resolve_protocol(task, protocol_path, concept)
+    protocol.concept(concept)
+    for folder in attack_folders or []:
+        if not any((Path(folder) / "prompts").glob("*.safetensors")):
+            raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "
+                            "output folder")
+    judge = features_judge(protocol)  # before the models: a user error should come at once
+    model_ref = resolve_model(model)
+    base_ref = resolve_model(base) if base else model_ref.default_base()
+    pair = load_pair(model_ref, base_ref)
+    return certify_pipelines(pair.pipe, pair.base_pipe, (model, base_ref.name), (model_ref.hash, base_ref.hash),
+                             concept, protocol, pair.spec(concept), list(attack_folders or []), cfg, out, start,
+                             judge)
