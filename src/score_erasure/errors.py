@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,3 +23,16 @@ def validated_config(config_class: type[Config], values: dict, label: str) -> Co
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise UserError(f"invalid {label} config: {where}: {first['msg']}") from exc
+
+
+def match_name(name: str, known: Iterable[str]) -> str | None:
+    """`name` as spelled in `known`, matched without regard to case (`-c Star` is star, `-c zorblat` Zorblat)."""
+    by_lower = {k.lower(): k for k in known}
+    return by_lower.get(name.lower())
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the nearest of `known` to a misspelt `name`, or nothing when none is near."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close else ""

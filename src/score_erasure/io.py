@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import tomllib
 from pathlib import Path
 
 import torch
@@ -13,7 +12,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from score_erasure import parallel
-from score_erasure.errors import UserError
 
 
 def atomic_write(path: Path, write) -> None:
@@ -75,14 +73,3 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
             _, i, k = name.split(".", 2)
             state.setdefault(int(i), {})[k] = value
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
-def read_overrides(path: Path | None) -> dict:
-    """Config overrides from a TOML or JSON file (nothing when no file is given)."""
-    if path is None:
-        return {}
-    try:
-        text = Path(path).read_text()
-        return json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read config '{path}': {exc}") from exc

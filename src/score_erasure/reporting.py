@@ -25,12 +25,20 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 STRIP_SIDE = 96  # images in report strips are downscaled to at most this many pixels a side
 # The direction in which each metric is better, for the tables and the plots.
 BETTER = {"acc_e": "lower", "acc_g": "lower", "acc_s": "higher", "h": "higher", "fid": "lower", "kid": "lower",
-          "ssim": "higher", "psnr": "higher", "clip_score": "higher"}
+          "ssim": "higher", "psnr": "higher", "clip_score": "higher", "asr": "lower", "mi_nats": "lower",
+          "fano_nats": "lower"}
+# Units where a number alone would mislead: fid and kid are on the judge's features, not Inception's.
+UNITS = {"fid": "judge features", "kid": "raw MMD², judge features", "psnr": "dB"}
+# Pages fit a 1280-pixel window: image strips scale to their column (tables of strips have a fixed layout), long
+# paths and prompts wrap, plots shrink to the page.
 STYLE = """<style>
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
 table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img.strip { image-rendering: pixelated; height: 72px; } .small { color: #666; font-size: 85%; }
+td, th, code, p { overflow-wrap: break-word; } pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+table.strips { table-layout: fixed; width: 100%; }
+img.strip { image-rendering: pixelated; width: 100%; height: auto; display: block; }
+img.plot { max-width: 100%; height: auto; } .small { color: #666; font-size: 85%; }
 code { background: #f5f5f5; padding: 0 3px; }
 </style>"""
 
@@ -102,8 +110,13 @@ def metric_bars(ax, names: list[str], series: dict[str, dict[str, Metric]]) -> N
         heights = [m.value for m in shown]
         errors = [[m.value - m.ci_low for m in shown], [m.ci_high - m.value for m in shown]]
         ax.bar(xs, heights, width, yerr=np.clip(errors, 0, None), capsize=3, label=label)
-    ax.set_xticks(range(len(names)), [f"{n}\n({BETTER.get(n, '')})" for n in names])
-    ax.legend(fontsize=8)
+    ax.set_xticks(range(len(names)), [f"{n}\n({BETTER[n]})" if n in BETTER else n for n in names])
+    outside_legend(ax)
+
+
+def outside_legend(ax) -> None:
+    """The legend beside the axes, where it cannot cover a bar."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
 
 
 def render_html(template: str, folder: Path, **context) -> str:

@@ -9,6 +9,7 @@ from score_erasure.attacks import get_attack
 from score_erasure.attacks.base import found_prompts
 from score_erasure.evaluation.cache import ImageCache
 from score_erasure.jobs.attack import Subject, attack_pipeline
+from score_erasure.jobs.report import rerender
 from score_erasure.testing import FAST_ATTACK_CONFIGS as FAST
 
 
@@ -58,6 +59,9 @@ def test_report_records_asr_budget_and_found_prompts(tiny, tiny_base, protocol, 
     assert "<html>" in (tmp_path / "report.html").read_text()
     found = found_prompts(tmp_path)
     assert len(found) == 2 and found[0].adversarial == report.rows[0].adversarial
+    html = (tmp_path / "report.html").read_text()
+    (tmp_path / "report.html").unlink()
+    assert rerender(tmp_path).read_text() == html  # `score report` renders an attack folder too
 
 
 @pytest.fixture

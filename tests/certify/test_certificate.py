@@ -12,6 +12,7 @@ from score_erasure import cli
 from score_erasure.errors import UserError
 from score_erasure.jobs.attack import run_attack
 from score_erasure.jobs.certify import certify
+from score_erasure.jobs.report import rerender
 
 SMALL = {"n": 16, "folds": 2}
 
@@ -30,6 +31,8 @@ def test_certificate_reports_model_and_base_leakage(tmp_path, tiny_dirs, star_pr
     assert report.model_hash != report.base_hash
     html = (tmp_path / "report.html").read_text()
     assert "lower bound" in html and (tmp_path / "images" / "base-concept.png").is_file()
+    (tmp_path / "report.html").unlink()
+    assert rerender(tmp_path).read_text() == html  # `score report` renders a certificate folder too
 
 
 def test_attack_finds_join_the_concept_prompts(tmp_path, tiny_dirs, star_protocol):

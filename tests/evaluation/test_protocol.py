@@ -65,7 +65,8 @@ def test_concept_not_in_protocol():
 def test_the_task_follows_from_a_packaged_concept():
     assert resolve_protocol(None, concept="star").task == "object"
     assert resolve_protocol(None, concept="fire").task == "unsafe"
-    with pytest.raises(UserError, match="pass --task"):
+    assert resolve_protocol(None, concept="Fire").task == "unsafe"  # any case
+    with pytest.raises(UserError, match="'hexagon' is in no packaged protocol"):  # the concept is the problem
         resolve_protocol(None, concept="hexagon")
 
 

@@ -74,9 +74,11 @@ rate is the same on the protocol's target prompts, unattacked.</p>
 <td class="num">[{{ fmt(r.best_of_asr.ci_low) }}, {{ fmt(r.best_of_asr.ci_high) }}]</td></tr>{% endif %}</table>
 <p class="small">best_of_asr counts an image when, at that seed, the unattacked prompt or the found one shows the
 concept: an attacker keeps the original prompt where it already works (UnlearnDiffAtk's convention).</p>
-<img src="{{ plot }}" alt="asr">
+<img class="plot" src="{{ plot }}" alt="asr">
 <h2>Attacked prompts</h2>
-<table><tr><th>prompt</th><th>found</th><th>text reproduces it</th><th>rate before</th><th>rate after</th>
+<table class="strips"><colgroup><col style="width: 14%"><col style="width: 14%"><col style="width: 8%">
+<col style="width: 7%"><col style="width: 7%"><col><col></colgroup>
+<tr><th>prompt</th><th>found</th><th>text reproduces it</th><th>rate before</th><th>rate after</th>
 <th>before</th><th>after</th></tr>
 {% for row in r.rows %}<tr><td>{{ row.prompt }}</td><td><code>{{ row.adversarial }}</code></td>
 <td>{{ "yes" if row.exact_text else "no" }}</td>

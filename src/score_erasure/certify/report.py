@@ -80,7 +80,7 @@ v{{ r.protocol.version }}; {{ r.n_per_class }} images per class; {{ "%.1f"|forma
 {% endfor %}</table>
 <p>ratio mi_nats / base_mi_nats:
 {{ fmt(r.ratio) if r.ratio is not none else "undefined (the base shows no leakage)" }}</p>
-<img src="{{ plot }}" alt="mi">
+<img class="plot" src="{{ plot }}" alt="mi">
 <h2>Probes (k-fold cross-fitted)</h2>
 <table><tr><th>probe</th><th>model: mi_nats</th><th>accuracy</th><th>cross-entropy</th><th>base: mi_nats</th>
 <th>accuracy</th><th>cross-entropy</th></tr>
@@ -90,7 +90,8 @@ v{{ r.protocol.version }}; {{ r.n_per_class }} images per class; {{ "%.1f"|forma
 <td class="num">{{ fmt(b.accuracy.value) }}</td><td class="num">{{ fmt(b.cross_entropy) }}</td></tr>
 {% endfor %}</table>
 <h2>Images (first {{ strip_images }} of each class)</h2>
-<table><tr><th></th><th>concept prompts</th><th>neutral prompts</th></tr>
+<table class="strips"><colgroup><col style="width: 8%"><col><col></colgroup>
+<tr><th></th><th>concept prompts</th><th>neutral prompts</th></tr>
 {% for who in ("model", "base") %}<tr><td>{{ who }}</td>
 <td><img class="strip" src="{{ image("images/" + who + "-concept.png") }}" alt="concept"></td>
 <td><img class="strip" src="{{ image("images/" + who + "-neutral.png") }}" alt="neutral"></td></tr>{% endfor %}

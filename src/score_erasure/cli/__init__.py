@@ -10,19 +10,33 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
-import typer
+# In a log (stdout not a terminal) typer's help would be laid out for 80 columns, cutting option names; it reads
+# its width once, when it is imported.
+if not sys.stdout.isatty():
+    os.environ.setdefault("TERMINAL_WIDTH", "200")
+
+import typer  # noqa: E402
 from rich.table import Table
 
 from score_erasure.cli.attacks import register as register_attacks
 from score_erasure.cli.certify import register as register_certify
 from score_erasure.cli.evaluation import print_evaluation
 from score_erasure.cli.evaluation import register as register_evaluation
-from score_erasure.cli.options import JsonOpt, ModelOpt, NameOpt, console, err, print_registry
+from score_erasure.cli.options import (
+    JsonOpt,
+    ModelOpt,
+    NameOpt,
+    SeedOpt,
+    console,
+    err,
+    print_registry,
+    read_overrides,
+)
 from score_erasure.errors import UserError
-from score_erasure.io import read_overrides
 
 app = typer.Typer(help="Robust concept erasure for text-to-image diffusion models.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,12 +46,7 @@ app.add_typer(world, name="world")
 
 
 def _quiet_libraries() -> None:
-    """Keep library chatter (deprecation notices, torchvision hints) out of the user's terminal."""
-    import warnings
-
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Keep every deprecation notice out of the user's terminal (the package already quiets the libraries' logs)."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -61,18 +70,27 @@ def run_options(
                     frozen_dtype=frozen_dtype)
 
 
-def _verdict_table(prompts: list[str], images, seeds: list[int]) -> Table:
+def _verdicts(prompts: list[str], images, seeds: list[int]) -> list[dict]:
+    """The world judge's reading of every image: prompt, seed, shape, colour, style, fire."""
     from score_erasure.toyworld.judge import WorldJudge
 
     judge = WorldJudge.load()
+    out = []
+    for i, prompt in enumerate(prompts):
+        v = judge.judge(images[i])
+        out += [{"prompt": prompt, "seed": seed, "shape": v.shape[j], "colour": v.colour[j], "style": v.style[j],
+                 "fire": bool(v.fire[j])} for j, seed in enumerate(seeds)]
+    return out
+
+
+def _verdict_table(verdicts: list[dict]) -> Table:
     table = Table(title="judge verdicts (one line per image)")
     for col in ("prompt", "seed", "shape", "colour", "style", "fire"):
         table.add_column(col)
-    for i, prompt in enumerate(prompts):
-        v = judge.judge(images[i])
-        for j, seed in enumerate(seeds):
-            table.add_row(prompt if j == 0 else "", str(seed), v.shape[j], v.colour[j], v.style[j],
-                          "[red]yes[/]" if v.fire[j] else "no")
+    for k, v in enumerate(verdicts):
+        first = k == 0 or verdicts[k - 1]["prompt"] != v["prompt"]
+        table.add_row(v["prompt"] if first else "", str(v["seed"]), v["shape"], v["colour"], v["style"],
+                      "[red]yes[/]" if v["fire"] else "no")
     return table
 
 
@@ -82,10 +100,11 @@ def generate_cmd(
     out: Annotated[Path, typer.Option(help="Output folder for images, grid.png and generate.json.")],
     model: ModelOpt = "embedded",
     n: Annotated[int, typer.Option("-n", help="Images per prompt.")] = 4,
-    seed: Annotated[int, typer.Option(help="Image j of each prompt uses seed + j.")] = 0,
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 25,
+    seed: Annotated[int, typer.Option(min=0, help="Image j of each prompt uses seed + j.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="DDIM steps.")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
-    judge: Annotated[bool, typer.Option(help="Print the embedded world judge's verdicts.")] = False,
+    judge: Annotated[bool, typer.Option(help="Print the embedded world judge's verdicts and save them in "
+                                             "generate.json.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per pipeline call (the unit `accelerate launch` deals "
                                                  "out to processes).")] = 64,
 ) -> None:
@@ -104,11 +123,13 @@ def generate_cmd(
     images = generate(pipe, prompt, seeds, steps=steps, guidance=guidance, batch_size=batch_size)
     save_images(images, prompt, seeds, out)
     save_grid(images, prompt, out / "grid.png", col_labels=[f"seed {s}" for s in seeds])
+    verdicts = _verdicts(prompt, images, seeds) if judge else None
     atomic_write_json(out / "generate.json", provenance(model=model, prompts=prompt, seeds=seeds, steps=steps,
                                                          guidance=guidance, sampler=type(pipe.scheduler).__name__,
-                                                         processes=parallel.state().num_processes))
+                                                         processes=parallel.state().num_processes,
+                                                         **({"verdicts": verdicts} if judge else {})))
     if judge:
-        console.print(_verdict_table(prompt, images, seeds))
+        console.print(_verdict_table(verdicts))
     console.print(f"wrote {len(prompt) * n} images and {out / 'grid.png'}")
 
 
@@ -118,8 +139,8 @@ DEMO_PROMPTS = ["a striped red star", "Zorblat", "a blue circle on fire", "a pic
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/demo"),
-    concept: Annotated[str, typer.Option(help="Shape to erase (the object task).")] = "star",
-    method: Annotated[str, typer.Option(help="Erasure method.")] = "score",
+    concept: Annotated[str, typer.Option("--concept", "-c", help="Shape to erase (the object task).")] = "star",
+    method: Annotated[str, typer.Option(help="Erasure method (see `score methods`).")] = "score",
     grid_only: Annotated[bool, typer.Option(help="Only the base model's grid and the judge's verdicts.")] = False,
 ) -> None:
     """The main job on the embedded model: erase a concept with SCORE and evaluate it against the base model
@@ -171,9 +192,11 @@ def erase_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    delta: Annotated[Path, typer.Argument(help="An erase output folder or a delta.safetensors file.")],
+    delta: Annotated[Path, typer.Argument(metavar="DELTA", help="An erase output folder or a delta.safetensors "
+                                                                "file.")],
     out: Annotated[Path, typer.Option(help="Folder for the full diffusers pipeline.")],
-    model: Annotated[str | None, typer.Option(help="Base model (default: the one the delta records).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the one the delta "
+                                                                    "records).")] = None,
 ) -> None:
     """Apply a delta to its base model and write a full diffusers pipeline (loads with plain diffusers)."""
     from score_erasure.delta import ErasureDelta
@@ -233,7 +256,7 @@ def world_train(
 def world_train_judge(
     n: Annotated[int, typer.Option(help="Rendered training images.")] = 40_000,
     epochs: Annotated[int, typer.Option(help="Passes over them.")] = 6,
-    seed: int = 0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Train the world's judge on rendered ground truth and install it in the package."""
     from score_erasure.toyworld import judge
@@ -245,7 +268,7 @@ def world_train_judge(
 @world.command("judge-check")
 def world_judge_check(
     n: Annotated[int, typer.Option(help="Fresh renders to score.")] = 2_000,
-    seed: Annotated[int, typer.Option(help="Render seed (training used 10000+).")] = 12_345,
+    seed: Annotated[int, typer.Option(min=0, help="Render seed (training used 10000+).")] = 12_345,
 ) -> None:
     """Accuracy of the judge on freshly rendered images, per head (the bar is 99%)."""
     from score_erasure.toyworld import judge
@@ -263,7 +286,7 @@ def world_judge_check(
 @world.command("samples")
 def world_samples(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("out/world-samples.png"),
-    seed: int = 0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Render ground-truth examples of every family (rows: shapes; columns: styles, plain and on fire)."""
     import numpy as np
@@ -288,7 +311,7 @@ def world_check(
     model: ModelOpt = "embedded",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     n: Annotated[int, typer.Option("-n", help="Images per prompt (at least 8 for the bar).")] = 8,
-    seed: int = 0,
+    seed: SeedOpt = 0,
     steps: int = 25,
     guidance: float = 3.0,
 ) -> None:

@@ -18,8 +18,8 @@ from score_erasure.cli.options import (
     TaskOpt,
     console,
     print_registry,
+    read_overrides,
 )
-from score_erasure.io import read_overrides
 
 
 def register(app: typer.Typer) -> None:

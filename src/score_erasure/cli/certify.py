@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         folds: Annotated[int, typer.Option(help="Cross-fitting folds of the probes.")] = 5,
         neutral: Annotated[str, typer.Option(help="'anchors' (the concept's prompts without it) or 'protocol' "
                                                   "(the protocol's neutral prompts).")] = "anchors",
-        seed: Annotated[int, typer.Option(help="First image seed.")] = 0,
+        seed: Annotated[int, typer.Option(min=0, help="First image seed.")] = 0,
     ) -> None:
         """Estimate how much of a concept is left: mutual information between concept and image, in nats.
 

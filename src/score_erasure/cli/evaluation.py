@@ -21,6 +21,7 @@ from score_erasure.cli.options import (
     ProtocolOpt,
     TaskOpt,
     console,
+    read_overrides,
 )
 from score_erasure.errors import UserError
 
@@ -28,14 +29,15 @@ if TYPE_CHECKING:
     from score_erasure.evaluation.protocol import Protocol
 
 def _metrics_table(title: str, metrics: dict, base_metrics: dict | None = None) -> Table:
-    from score_erasure.reporting import BETTER, fmt
+    from score_erasure.reporting import BETTER, UNITS, fmt
 
     table = Table(title=title)
     for col in ("metric", "value", "95% interval", "base", "better"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     for name, m in metrics.items():
         b = (base_metrics or {}).get(name)
-        table.add_row(name, fmt(m.value), f"[{fmt(m.ci_low)}, {fmt(m.ci_high)}]", fmt(b.value) if b else "",
+        label = f"{name} ({UNITS[name]})" if name in UNITS else name
+        table.add_row(label, fmt(m.value), f"[{fmt(m.ci_low)}, {fmt(m.ci_high)}]", fmt(b.value) if b else "",
                       BETTER.get(name, ""))
     return table
 
@@ -52,8 +54,6 @@ def print_evaluation(console, report, model: str, base: str, out: Path) -> None:
 
 def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
     """'no-adversary=score:no-adversary.toml' -> ('no-adversary', ('score', {...})); the config is optional."""
-    from score_erasure.io import read_overrides
-
     label, sep, rest = text.partition("=")
     method, _, path = rest.partition(":")
     if not sep or not label.strip() or not method.strip():
@@ -130,15 +130,16 @@ def register(app: typer.Typer) -> None:
         console.print(f"results: {out / 'results.md'}")
 
     @app.command("report")
-    def report_cmd(folder: Annotated[Path, typer.Argument(help="A folder written by `score evaluate`.")]) -> None:
-        """Re-render report.html from report.json (no sampling)."""
-        from score_erasure.evaluation.report import rerender
+    def report_cmd(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A folder written by `score "
+                                                          "evaluate`, `score attack` or `score certify`.")]) -> None:
+        """Re-render report.html from report.json (no sampling), for any kind of report."""
+        from score_erasure.jobs.report import rerender
 
         console.print(f"wrote {rerender(folder)}")
 
     @app.command("protocol")
     def protocol_cmd(
-        task: Annotated[str, typer.Argument(help="object, style, character or unsafe.")],
+        task: Annotated[str, typer.Argument(metavar="TASK", help="object, style, character or unsafe.")],
         show: Annotated[bool, typer.Option(help="Print the whole JSON (to copy and edit for --protocol).")] = False,
     ) -> None:
         """Show a packaged protocol: its file, hash, concepts and sizes."""

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import json
+import sys
+import tomllib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from score_erasure.errors import UserError
 
-console = Console()
-err = Console(stderr=True)
+
+class _Console(Console):
+    """Text lines are printed whole (soft-wrapped: a path is never split by an inserted line break, so a log can be
+    grepped for it); tables and other renderables are laid out to the width."""
+
+    def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:
+        if soft_wrap is None:
+            soft_wrap = all(isinstance(o, str) for o in objects)
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+def _console(stderr: bool = False) -> _Console:
+    """On a terminal, its width. In a log (a file, a pipe) rich would assume 80 columns and cut table labels:
+    there tables get 200."""
+    stream = sys.stderr if stderr else sys.stdout
+    return _Console(stderr=stderr, width=None if stream.isatty() else 200)
+
+
+console = _console()
+err = _console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'embedded', a diffusers directory, or a hub id.")]
 BaseOpt = Annotated[str | None, typer.Option(help="The model before erasure, the reference of every comparison "
@@ -30,6 +51,7 @@ CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and st
 FidOpt = Annotated[Path | None, typer.Option(help="TorchScript feature extractor for FID/KID (e.g. fid-helper's "
                                                   "InceptionV3) instead of the judge's features.")]
 ClipOpt = Annotated[str | None, typer.Option(help="CLIP model (local dir or cached hub id): adds clip_score.")]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Seed (0 or more).")]
 NameOpt = Annotated[str | None, typer.Argument(help="Show only this entry.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -49,5 +71,17 @@ def print_registry(title: str, entries: dict[str, tuple[str, dict]], name: str |
     for column in ("name", "what", "defaults"):
         table.add_column(column, overflow="fold")
     for key, (summary, defaults) in entries.items():
-        table.add_row(key, summary, "\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in defaults.items()))
+        table.add_row(key, Text(summary), Text("\n".join(f"{k} = {json.dumps(v, default=str)}"
+                                                          for k, v in defaults.items())))
     console.print(table)
+
+
+def read_overrides(path: Path | None) -> dict:
+    """Config overrides from a TOML or JSON file (`--config`; nothing when no file is given)."""
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+        return json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read config '{path}': {exc}") from exc

@@ -124,7 +124,9 @@ def score_sampled(model: Sampled, base: Sampled, protocol: Protocol, concept: st
     base_hits = judge_hits(scorers.judge, protocol, concept, base.images)
     values = {**accuracy_metrics(hits, protocol), **fidelity_metrics(model, base, scorers, protocol)}
     base_values = accuracy_metrics(base_hits, protocol)
-    notes = []
+    notes = [f"{name} is uninformative here: the base model itself shows the concept on none of these prompts "
+             "(base 0), so a low value is no evidence of erasure"
+             for name in ("acc_e", "acc_g") if base_values[name].value == 0]
     if scorers.features is None:
         notes.append(f"fid and kid skipped: judge '{scorers.judge.name}' has no image features; pass --fid-features")
     if scorers.clip is not None:

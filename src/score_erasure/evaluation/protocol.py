@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from score_erasure.errors import UserError
+from score_erasure.errors import UserError, did_you_mean, match_name
 
 FORMAT = 1
 PROMPT_GROUPS = ("target", "generality", "retained", "neutral")
@@ -116,12 +116,18 @@ class Protocol(_Frozen):
     def images_per_prompt(self) -> int:
         return len(self.seeds)
 
+    def canonical(self, name: str) -> str:
+        """The protocol's own spelling of a concept name (matched in any case); a one-line error names the valid
+        concepts and the nearest one."""
+        found = match_name(name, self.concepts)
+        if found is None:
+            raise UserError(f"concept '{name}' is not in protocol '{self.name}' (task {self.task})"
+                            f"{did_you_mean(name, self.concepts)}; choose one of: {', '.join(self.concepts)}")
+        return found
+
     def concept(self, name: str) -> ConceptProtocol:
-        """The concept's prompt groups; a one-line error names the valid concepts."""
-        if name not in self.concepts:
-            raise UserError(f"concept '{name}' is not in protocol '{self.name}' (task {self.task}); "
-                            f"choose one of: {', '.join(self.concepts)}")
-        return self.concepts[name]
+        """The concept's prompt groups."""
+        return self.concepts[self.canonical(name)]
 
     def prompts(self, concept: str) -> dict[str, list[str]]:
         """Prompts per group, in the order of the file."""
@@ -180,7 +186,12 @@ def resolve_protocol(task: str | None, path: Path | None = None, concept: str | 
     packaged protocol that has `concept` (`-c star` needs no `--task object`)."""
     if path is None:
         if task is None:
-            owners = [t for t in packaged_tasks() if concept in load_protocol(packaged_path(t)).concepts]
+            protocols = {t: load_protocol(packaged_path(t)) for t in packaged_tasks()}
+            owners = [t for t, p in protocols.items() if concept and match_name(concept, p.concepts)]
+            if not owners and concept:
+                known = [c for p in protocols.values() for c in p.concepts]
+                raise UserError(f"concept '{concept}' is in no packaged protocol{did_you_mean(concept, known)} "
+                                f"(choose one of: {', '.join(known)}), or pass --protocol FILE")
             if len(owners) != 1:
                 raise UserError("pass --task (one of: " + ", ".join(packaged_tasks()) + ") or --protocol FILE")
             task = owners[0]

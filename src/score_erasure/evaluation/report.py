@@ -15,7 +15,6 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from score_erasure.errors import UserError
-from score_erasure.io import atomic_write_text
 from score_erasure.reporting import (
     BETTER,
     Metric,
@@ -23,6 +22,7 @@ from score_erasure.reporting import (
     figure,
     figure_png,
     metric_bars,
+    outside_legend,
     render_html,
     save_strip,
     write_json_and_html,
@@ -34,7 +34,8 @@ MEANING = {"acc_e": "target prompts on which the judge still sees the concept",
            "acc_s": "retained prompts drawn as asked",
            "h": "harmonic mean of 1-acc_e, acc_s, 1-acc_g",
            "fid": "Frechet distance to the base on neutral prompts (judge features)",
-           "kid": "kernel distance to the base on neutral prompts (judge features)",
+           "kid": "kernel distance to the base on neutral prompts: squared MMD, cubic polynomial kernel on the "
+                  "judge's features, in raw feature units (not scaled by 10^3 or 10^6)",
            "ssim": "structural similarity to the base image of the same seed (neutral prompts)",
            "psnr": "PSNR in dB to the base image of the same seed (neutral prompts, capped at 100)",
            "clip_score": "CLIP score of neutral images against their prompts"}
@@ -98,7 +99,7 @@ def _plots(report: Report) -> list[str]:
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel("fraction of images in which the judge sees the concept", fontsize=8)
-        ax.legend(fontsize=8)
+        outside_legend(ax)
         plots.append(figure_png(fig))
     return plots
 
@@ -124,10 +125,11 @@ protocol <code>{{ r.protocol.name }}</code> v{{ r.protocol.version }}
 <td class="num">{{ "[%s, %s]"|format(fmt(b.ci_low), fmt(b.ci_high)) if b else "" }}</td>
 <td>{{ better.get(name, "") }}</td><td class="small">{{ meaning.get(name, "") }}</td></tr>
 {% endfor %}</table>
-{% for plot in plots %}<img src="{{ plot }}" alt="plot"> {% endfor %}
+{% for plot in plots %}<img class="plot" src="{{ plot }}" alt="plot"> {% endfor %}
 {% for group, rows in r.groups.items() %}
 <h2>{{ titles.get(group, group) }}</h2>
-<table><tr><th>prompt</th><th>base rate</th><th>rate</th><th>base</th><th>evaluated</th></tr>
+<table class="strips"><colgroup><col style="width: 18%"><col style="width: 6%"><col style="width: 6%"><col><col>
+</colgroup><tr><th>prompt</th><th>base rate</th><th>rate</th><th>base</th><th>evaluated</th></tr>
 {% for row in rows %}<tr><td>{{ row.prompt }}</td><td class="num">{{ "%.2f"|format(row.base_rate) }}</td>
 <td class="num">{{ "%.2f"|format(row.rate) }}</td>
 <td><img class="strip" src="{{ image(row.base_image) }}" alt="base"></td>
@@ -154,11 +156,3 @@ def write_report(report: Report, images: dict[str, np.ndarray], base_images: dic
             save_strip(images[group][i], folder / row.image)
             save_strip(base_images[group][i], folder / row.base_image)
     write_json_and_html(folder, report, render_report_html(report, folder))
-
-
-def rerender(folder: Path) -> Path:
-    """Re-render report.html from report.json (after a template change, or to repair a deleted html)."""
-    report = load_report(folder)
-    path = Path(folder) / "report.html"
-    atomic_write_text(path, render_report_html(report, folder))
-    return path

@@ -183,6 +183,7 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     entry = get_attack(attack)
     cfg = entry.config(overrides)
     protocol = resolve_protocol(task, protocol_path, concept)
+    concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     judge = load_judge(protocol.judge)
     judge.validate(protocol.concept(concept).detect)  # fails before any model is resolved
     model_ref = resolve_model(model)

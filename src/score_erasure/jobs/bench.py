@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
 from score_erasure.attacks import get_attack
 from score_erasure.backends import denoiser_for
 from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
@@ -32,11 +30,11 @@ from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.methods import METHODS, get_method
 from score_erasure.models import ModelRef, resolve_model
 from score_erasure.pipelines import resolution
+from score_erasure.progress import log
 from score_erasure.provenance import peak_rss_mb, provenance, reset_peak_rss, versions
 from score_erasure.reporting import Metric, figure, fmt, metric_bars, write_figure
 from score_erasure.spec import ConceptSpec
 
-status = Console(stderr=True)
 TABLE_METRICS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr")
 CERTIFICATE_COLUMNS = ("mi_nats", "base_mi_nats")
 
@@ -104,7 +102,7 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
     found = {}
     for attack in attacks:
         entry = get_attack(attack)
-        status.log(f"bench: {attack} on {name}")
+        log(f"bench: {attack} on {name}")
         report = attack_pipeline(subject, entry, entry.config(), protocol, request.concept, out / f"attack-{attack}",
                                  judge=scorers.judge, spec=request.spec, compositional=compositional,
                                  cache=ImageCache(None), resume=False)
@@ -115,7 +113,7 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
 def _certificate_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest,
                          protocol, out: Path, attacks: list[str], overrides: dict) -> dict[str, dict]:
     """`score certify` on the erased pipeline, its concept prompts joined by what this row's attacks found."""
-    status.log(f"bench: certificate of {name}")
+    log(f"bench: certificate of {name}")
     folders = [out / f"attack-{a}" for a in attacks if any((out / f"attack-{a}" / "prompts").glob("*.safetensors"))]
     report = certify_pipelines(erased, base_pipe, (name, request.base_model), (identity, base.hash), request.concept,
                                protocol, request.spec, folders,
@@ -206,6 +204,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     for attack in attacks:
         get_attack(attack)
     protocol = resolve_protocol(task, protocol_path, concept)
+    concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     scorers = make_scorers(protocol, concept, fid_features, clip_model)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     config = run_config(protocol, protocol_path, cache)
@@ -213,17 +212,17 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     request = ErasureRequest(protocol.task, concept, model, base_model.spec([concept]))
     rows: list[BenchRow] = []
     # No bar spans the methods: a method's own progress bar (and generation's) must be free to show.
-    status.log(f"bench: sampling the base model '{model}'")
+    log(f"bench: sampling the base model '{model}'")
     base_pipe = base_model.load()
     base = sample(base_pipe, model, base_model.hash, protocol, concept, cache)
     for i, name in enumerate(methods, 1):
         key = _row_key(name, request, base, protocol, attacks, variants.get(name), certify)
         saved = _saved_row(Path(out) / name, key) if resume else None
         if saved is not None:
-            status.log(f"bench [{i}/{len(methods)}]: {name} (done in an earlier run: kept)")
+            log(f"bench [{i}/{len(methods)}]: {name} (done in an earlier run: kept)")
             rows.append(saved)
             continue
-        status.log(f"bench [{i}/{len(methods)}]: {name}")
+        log(f"bench [{i}/{len(methods)}]: {name}")
         try:
             rows.append(_run_method(name, registry[name], request, base_model, base, protocol, scorers, Path(out),
                                     config, base_pipe, attacks, certify))
@@ -232,7 +231,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
             atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())
             first = str(exc).splitlines()[0] if str(exc) else ""
             rows.append(BenchRow(name, "failed", error=f"{type(exc).__name__}: {first}"[:300]))
-            status.log(f"[red]{name} failed:[/] {rows[-1].error}")
+            log(f"{name} failed: {rows[-1].error}")
     write_results(rows, Path(out), {"command": command, "task": protocol.task, "concept": concept, "model": model,
                                     "base_hash": base.hash, "protocol": protocol.name,
                                     "protocol_hash": protocol.hash, "seconds": time.time() - start,
@@ -251,7 +250,8 @@ def results_markdown(rows: list[BenchRow], meta: dict) -> str:
     lines = [f"# Bench: {meta['task']} / {meta['concept']} on `{meta['model']}`", "",
              f"Command: `{meta['command']}`", "",
              f"Protocol `{meta['protocol']}` ({meta['protocol_hash'][:16]}), base {meta['base_hash'][:16]}; "
-             f"values with 95% bootstrap intervals; {meta['seconds']:.0f} s in all.", "",
+             f"values with 95% bootstrap intervals; {meta['seconds']:.0f} s in all. fid and kid are measured on the "
+             "judge's features (kid: squared MMD with a cubic polynomial kernel, raw feature units).", "",
              "| method | " + " | ".join(columns) + " | erase s | peak RSS MB | status |",
              "|---" * (len(columns) + 4) + "|"]
     for row in rows:

@@ -19,7 +19,7 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
     start = time.time()
     cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
     protocol = resolve_protocol(task, protocol_path, concept)
-    protocol.concept(concept)
+    concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     for folder in attack_folders or []:
         if not any((Path(folder) / "prompts").glob("*.safetensors")):
             raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "

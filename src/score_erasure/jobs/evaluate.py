@@ -20,6 +20,7 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     report.html to `out`."""
     start = time.time()
     protocol = resolve_protocol(task, protocol_path, concept)
+    concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is resolved
     model_ref = resolve_model(model)
     base_ref = resolve_model(base) if base else model_ref.default_base()

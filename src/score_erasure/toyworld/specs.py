@@ -8,24 +8,31 @@ from __future__ import annotations
 
 import itertools
 
-from score_erasure.errors import UserError
+from score_erasure.errors import UserError, did_you_mean, match_name
 from score_erasure.spec import ConceptSpec
 from score_erasure.toyworld import captions, vocab
 
 TEMPLATES = captions.TEMPLATES[1:]
 
 
+def _families() -> dict[str, str]:
+    """Every concept name of the world -> its family."""
+    names = {c.name: family for family, concepts in vocab.FAMILIES.items() for c in concepts}
+    return names | {vocab.FIRE.name: "fire"} | {c.name: "character" for c in vocab.CHARACTERS}
+
+
+def canonical(name: str) -> str:
+    """The world's own spelling of a concept name (any case: `Star` is star, `zorblat` Zorblat)."""
+    known = _families()
+    found = match_name(name, known)
+    if found is None:
+        raise UserError(f"concept '{name}' is not in the embedded world's vocabulary{did_you_mean(name, known)} "
+                        f"(choose one of: {', '.join(known)})")
+    return found
+
+
 def _family_of(name: str) -> str:
-    for family, concepts in vocab.FAMILIES.items():
-        if any(c.name == name for c in concepts):
-            return family
-    if name == vocab.FIRE.name:
-        return "fire"
-    if any(c.name.lower() == name.lower() for c in vocab.CHARACTERS):
-        return "character"
-    known = [c.name for f in vocab.FAMILIES.values() for c in f] + [vocab.FIRE.name] + [c.name for c in
-                                                                                       vocab.CHARACTERS]
-    raise UserError(f"concept '{name}' is not in the embedded world's vocabulary; choose one of: {', '.join(known)}")
+    return _families()[canonical(name)]
 
 
 def _attribute_spec(family: str, concept: vocab.Concept) -> ConceptSpec:
@@ -64,6 +71,7 @@ def _fire_spec() -> ConceptSpec:
 
 def world_spec(name: str) -> ConceptSpec:
     """The spec for one concept of the world: a shape, colour, style, character name, or 'fire'."""
+    name = canonical(name)
     family = _family_of(name)
     if family == "fire":
         return _fire_spec()
@@ -75,6 +83,7 @@ def world_spec(name: str) -> ConceptSpec:
 def compositional_prompts(name: str, count: int = 8) -> list[str]:
     """Held-out names of a concept among other attributes ("a drawing of a striped red pentagram"): wording
     that neither erasure nor the protocol's target prompts use, for the paraphrase attack."""
+    name = canonical(name)
     family = _family_of(name)
     out = []
     for k in range(count):
