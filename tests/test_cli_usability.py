@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from score_erasure.methods import METHODS
 from score_erasure.testing import FAST_CONFIGS
 from score_erasure.testing import run_cli as run
@@ -101,3 +103,17 @@ def test_kid_has_its_unit_and_a_base_rate_of_zero_is_called_uninformative(capsys
     assert any(note.startswith("acc_e is uninformative") for note in report["notes"])
     assert "uninformative" in (tmp_path / "e" / "report.html").read_text()
     assert Path(tmp_path / "e" / "report.json").stat().st_mode & 0o044  # readable by group and others
+
+
+@pytest.mark.parametrize("command", [
+    ["erase", "--method", "uce", "-c", "star"],
+    ["evaluate", "-c", "star"],
+    ["attack", "--attack", "paraphrase", "-c", "star"],
+    ["certify", "-c", "star"],
+    ["bench", "-c", "star"],
+    ["generate", "-p", "a star"],
+])
+def test_an_unwritable_out_folder_is_one_line_before_any_work(capsys, monkeypatch, command):
+    code, out, err = run(capsys, monkeypatch, *command, "--out", "/proc/forbidden/x")
+    assert code == 2 and "cannot write to the output folder '/proc/forbidden/x'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -12,6 +12,20 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from score_erasure import parallel
+from score_erasure.errors import UserError
+
+
+def output_folder(path: Path) -> Path:
+    """The `--out` folder, created now: a folder that cannot be written is a one-line error before any work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-check.")
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"cannot write to the output folder '{path}' ({exc.strerror or exc}); choose another "
+                        "--out") from exc
+    return path
 
 
 def atomic_write(path: Path, write) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -49,7 +49,6 @@ class ModelRef:
     kind: ModelKind
     id: str
     base: ModelRef | None = None
-    record: dict = field(default_factory=dict, compare=False)  # an erase output's erase.json
 
     @property
     def path(self) -> Path:
@@ -179,11 +178,10 @@ def resolve_model(name: str) -> ModelRef:
     path = Path(name).expanduser()
     if is_erase_output(path):
         try:
-            record = json.loads((path / "erase.json").read_text())
-            base = record["base_model"]
-        except (OSError, ValueError, KeyError) as exc:
+            base = json.loads((path / "erase.json").read_text())["base_model"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"'{name}/erase.json' is damaged ({exc}); erase again into a fresh folder") from exc
-        return ModelRef(name, "erased", str(path.resolve()), resolve_model(base), record)
+        return ModelRef(name, "erased", str(path.resolve()), resolve_model(base))
     if path.is_dir():
         return ModelRef(name, "folder", str(path.resolve()))
     if _looks_like_path(name):

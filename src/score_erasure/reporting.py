@@ -62,6 +62,8 @@ class RunHeader(BaseModel):
     base_hash: str
     protocol: dict
     protocol_hash: str
+    # torch's thread count and CPU kernel level (provenance.compute); empty in reports written before it was kept
+    compute: dict = {}
 
 
 def fmt(value: float) -> str:

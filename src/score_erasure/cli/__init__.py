@@ -114,13 +114,14 @@ def generate_cmd(
     """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
     from score_erasure import parallel
     from score_erasure.generate import generate, save_grid, save_images, validate_prompts
-    from score_erasure.io import atomic_write_json
+    from score_erasure.io import atomic_write_json, output_folder
     from score_erasure.models import load_pipeline
     from score_erasure.provenance import provenance
 
     if n < 1 or batch_size < 1:
         raise UserError(f"-n and --batch-size must be positive (got {n} and {batch_size})")
     validate_prompts(prompt)
+    out = output_folder(out)
     pipe = load_pipeline(model)
     seeds = list(range(seed, seed + n))
     images = generate(pipe, prompt, seeds, steps=steps, guidance=guidance, batch_size=batch_size)

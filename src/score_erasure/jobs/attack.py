@@ -29,7 +29,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir, use_sa
 from score_erasure.evaluation.judges import ConceptJudge, load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.generate import generate
-from score_erasure.io import load_tensors, save_tensors
+from score_erasure.io import load_tensors, output_folder, save_tensors
 from score_erasure.models import load_pair, resolve_model
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
@@ -180,6 +180,7 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
                protocol_path: Path | None = None, overrides: dict | None = None, cache_dir: Path | None = None,
                use_cache: bool = True, resume: bool = True, show_progress: bool = True) -> AttackReport:
     """Attack `model` (erased from `base`) on one protocol concept; writes everything into `out`."""
+    out = output_folder(out)
     entry = get_attack(attack)
     cfg = entry.config(overrides)
     protocol = resolve_protocol(task, protocol_path, concept)

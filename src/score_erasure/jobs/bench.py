@@ -25,7 +25,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import write_report
-from score_erasure.io import atomic_write_json, atomic_write_text
+from score_erasure.io import atomic_write_json, atomic_write_text, output_folder
 from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.methods import METHODS, get_method
 from score_erasure.models import ModelRef, resolve_model
@@ -189,6 +189,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     `base_mi_nats`; the attacks' finds among its concept prompts)."""
     start = time.time()
     registry = method_registry()
+    out = output_folder(out)
     unknown = [m for m in methods if m not in registry]
     if unknown or not (methods or variants):
         raise UserError(f"unknown method '{(unknown or [''])[0]}'; choose one or more of: {', '.join(registry)}")

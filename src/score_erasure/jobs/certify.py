@@ -9,6 +9,7 @@ from score_erasure.certify.certificate import CertifyConfig, certify_pipelines, 
 from score_erasure.certify.report import CertificateReport
 from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.protocol import resolve_protocol
+from score_erasure.io import output_folder
 from score_erasure.models import load_pair, resolve_model
 
 
@@ -17,6 +18,7 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
             overrides: dict | None = None) -> CertificateReport:
     """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
     start = time.time()
+    out = output_folder(out)
     cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
     protocol = resolve_protocol(task, protocol_path, concept)
     concept = protocol.canonical(concept)  # `-c Star` is the protocol's star

@@ -17,7 +17,7 @@ from score_erasure import parallel
 from score_erasure.backends import denoiser_for
 from score_erasure.delta import ErasureDelta, installed_hooks
 from score_erasure.errors import UserError
-from score_erasure.io import atomic_write_json
+from score_erasure.io import atomic_write_json, output_folder
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.models import ModelRef, resolve_model
@@ -35,8 +35,7 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
     if save_pipeline and not method.edits_weights:
         raise UserError(f"'{method_name}' edits the model at inference time: there are no weights to merge; "
                         "drop --merge and pass the erase folder itself as --model")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     torch.manual_seed(getattr(cfg, "seed", 0))
     pipe = model.load()
     denoiser = denoiser_for(pipe)

@@ -9,6 +9,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import Report, write_report
+from score_erasure.io import output_folder
 from score_erasure.models import load_pair, resolve_model
 
 
@@ -19,6 +20,7 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     """Evaluate `model` on one protocol concept against `base` (default: its own); writes report.json and
     report.html to `out`."""
     start = time.time()
+    out = output_folder(out)
     protocol = resolve_protocol(task, protocol_path, concept)
     concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is resolved
