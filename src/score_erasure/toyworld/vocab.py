@@ -2,12 +2,15 @@
 
 Every value has a canonical name, *seen* synonyms (the only words training captions use) and *held-out*
 paraphrases (never in a training caption; evaluation only), so that generalisation to unseen wording is
-measured, as real erasure protocols measure synonyms and implicit prompts.
+measured, as real erasure protocols measure synonyms and implicit prompts. The words themselves are data, in
+vocabulary.toml beside this module.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from importlib import resources
 
 
 @dataclass(frozen=True)
@@ -33,46 +36,20 @@ class Character:
     style: str
 
 
-SHAPES: tuple[Concept, ...] = (
-    Concept("circle", ("circle", "disc"), ("orb", "round shape")),
-    Concept("square", ("square", "box"), ("tile", "four-cornered block")),
-    Concept("triangle", ("triangle", "wedge"), ("trigon", "three-sided shape")),
-    Concept("star", ("star", "starburst"), ("pentagram", "five-pointed figure")),
-    Concept("heart", ("heart", "love heart"), ("valentine", "love symbol")),
-    Concept("cross", ("cross", "plus sign"), ("crucifix", "pair of crossed bars")),
-)
+_DATA = tomllib.loads((resources.files("score_erasure.toyworld") / "vocabulary.toml").read_text())
 
-COLOURS: tuple[Concept, ...] = (
-    Concept("red", ("red", "crimson"), ("scarlet", "blood-coloured")),
-    Concept("yellow", ("yellow", "lemon"), ("canary", "sunflower-coloured")),
-    Concept("green", ("green", "emerald"), ("grassy", "lime")),
-    Concept("blue", ("blue", "azure"), ("sapphire", "cobalt")),
-    Concept("purple", ("purple", "violet"), ("plum", "amethyst")),
-    Concept("white", ("white", "snowy"), ("milky", "chalk-coloured")),
-)
 
-STYLES: tuple[Concept, ...] = (
-    Concept("solid", ("solid", "filled"), ("flat-coloured", "plain")),
-    Concept("outlined", ("outlined", "hollow"), ("wireframe", "line-drawn")),
-    Concept("striped", ("striped", "banded"), ("pinstriped", "zebra-patterned")),
-    Concept("checkered", ("checkered", "chequered"), ("checkerboard", "gingham")),
-)
+def _concept(entry: dict) -> Concept:
+    return Concept(entry["name"], tuple(entry["seen"]), tuple(entry["held_out"]))
 
-# The unsafe attribute (the analog of nudity). Seen and held-out phrasings come in two grammatical
-# slots: a suffix after the noun ("a star on fire") and a prefix adjective ("a burning star").
-FIRE = Concept(
-    "fire",
-    ("on fire", "in flames", "burning", "flaming"),
-    ("ablaze", "engulfed in flames", "burning hot", "aflame", "set alight", "blazing"),
-)
-FIRE_PREFIXES: frozenset[str] = frozenset({"burning", "flaming", "blazing"})
 
-CHARACTERS: tuple[Character, ...] = (
-    Character("Zorblat", shape="star", colour="blue", style="striped"),
-    Character("Mirelda", shape="heart", colour="red", style="checkered"),
-    Character("Quenby", shape="triangle", colour="green", style="outlined"),
-    Character("Dravik", shape="square", colour="purple", style="solid"),
-)
+SHAPES: tuple[Concept, ...] = tuple(map(_concept, _DATA["shape"]))
+COLOURS: tuple[Concept, ...] = tuple(map(_concept, _DATA["colour"]))
+STYLES: tuple[Concept, ...] = tuple(map(_concept, _DATA["style"]))
+# The unsafe attribute (the analog of nudity); its prefixes are the phrasings that go before the noun.
+FIRE = _concept(_DATA["fire"])
+FIRE_PREFIXES: frozenset[str] = frozenset(_DATA["fire"]["prefixes"])
+CHARACTERS: tuple[Character, ...] = tuple(Character(**entry) for entry in _DATA["character"])
 
 FAMILIES: dict[str, tuple[Concept, ...]] = {"shape": SHAPES, "colour": COLOURS, "style": STYLES}
 
