@@ -1,5 +1,6 @@
 # Two entry points that work on a fresh CPU machine: `make demo` and `make test`.
-# torch is pinned to the local CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+# torch is pinned to the local CPU wheel: an unpinned torch pulls a multi-GB CUDA build; every other package to
+# constraints.txt, the versions the documented numbers were measured with.
 VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -11,11 +12,11 @@ export OMP_WAIT_POLICY := PASSIVE
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 demo: setup

