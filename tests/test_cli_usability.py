@@ -117,3 +117,29 @@ def test_an_unwritable_out_folder_is_one_line_before_any_work(capsys, monkeypatc
     code, out, err = run(capsys, monkeypatch, *command, "--out", "/proc/forbidden/x")
     assert code == 2 and "cannot write to the output folder '/proc/forbidden/x'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_two_commands_cannot_write_one_folder_and_a_stale_lock_is_taken_over(capsys, monkeypatch, tiny_model_dir,
+                                                                            tmp_path):
+    """A second command into a folder that a running command holds is refused; a lock left by a killed process
+    (its pid gone) does not block the folder."""
+    import subprocess
+
+    from score_erasure.io import LOCK
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / LOCK).write_text(json.dumps({"pid": holder.pid, "command": "score erase ...", "since": "now"}))
+        code, _, err = run(capsys, monkeypatch, "generate", "-m", tiny_model_dir, "-p", "a star", "-n", "1",
+                           "--steps", "1", "--out", out)
+        assert code == 2 and f"is being written by another command (pid {holder.pid}" in err
+        assert not (out / "grid.png").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run(capsys, monkeypatch, "generate", "-m", tiny_model_dir, "-p", "a star", "-n", "1", "--steps",
+                       "1", "--out", out)  # the holder is gone: its lock is stale
+    assert code in (0, None), err
+    assert (out / "grid.png").is_file() and not (out / LOCK).exists()  # released when done

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -14,9 +17,14 @@ from safetensors.torch import load_file, save_file
 from score_erasure import parallel
 from score_erasure.errors import UserError
 
+LOCK = ".score.lock"  # in an output folder while a command writes it: {"pid", "command", "since"}
+_held: set[Path] = set()
+
 
 def output_folder(path: Path) -> Path:
-    """The `--out` folder, created now: a folder that cannot be written is a one-line error before any work."""
+    """The `--out` folder, created and claimed now: a folder that cannot be written, or that another running command
+    is writing, is a one-line error before any work. The claim is a lock file naming the holder's pid; a lock whose
+    process is gone is stale and taken over. `release_folder` (or the process's exit) gives it back."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -25,7 +33,62 @@ def output_folder(path: Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write to the output folder '{path}' ({exc.strerror or exc}); choose another "
                         "--out") from exc
+    if parallel.is_main():
+        _claim(path / LOCK)
     return path
+
+
+def _claim(lock: Path) -> None:
+    while lock not in _held:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
+                raise UserError(f"'{lock.parent}' is being written by another command (pid {holder['pid']}: "
+                                f"{holder.get('command', '?')}, since {holder.get('since', '?')}); wait for it to "
+                                "finish or choose another --out") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone (or it is ours)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "command": " ".join(sys.argv),
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+        _held.add(lock)
+
+
+def _holder(lock: Path) -> dict | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: half written by a process killed at that instant, so stale
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def release_folder(path: Path) -> None:
+    """Give back the claim on an output folder (its lock file) once a command has written everything."""
+    lock = Path(path) / LOCK
+    if lock in _held:
+        _held.discard(lock)
+        lock.unlink(missing_ok=True)
+
+
+@atexit.register
+def release_all_folders() -> None:
+    """Give back every output folder this process claimed."""
+    for lock in list(_held):
+        lock.unlink(missing_ok=True)
+    _held.clear()
 
 
 def atomic_write(path: Path, write) -> None:

@@ -114,7 +114,7 @@ def generate_cmd(
     """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
     from score_erasure import parallel
     from score_erasure.generate import generate, save_grid, save_images, validate_prompts
-    from score_erasure.io import atomic_write_json, output_folder
+    from score_erasure.io import atomic_write_json, output_folder, release_folder
     from score_erasure.models import load_pipeline
     from score_erasure.provenance import provenance
 
@@ -134,6 +134,7 @@ def generate_cmd(
                                                          **({"verdicts": verdicts} if judge else {})))
     if judge:
         console.print(_verdict_table(verdicts))
+    release_folder(out)
     console.print(f"wrote {len(prompt) * n} images and {out / 'grid.png'}")
 
 
@@ -350,9 +351,13 @@ register_certify(app)
 
 def main() -> None:
     """Console entry point: user mistakes become one red line and exit status 2, never a traceback."""
+    from score_erasure.io import release_all_folders
+
     _quiet_libraries()
     try:
         app()
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    finally:
+        release_all_folders()  # a command that stopped early gives its output folder back too

@@ -29,7 +29,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir, use_sa
 from score_erasure.evaluation.judges import ConceptJudge, load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.generate import generate
-from score_erasure.io import load_tensors, output_folder, save_tensors
+from score_erasure.io import load_tensors, output_folder, release_folder, save_tensors
 from score_erasure.models import load_pair, resolve_model
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
@@ -192,6 +192,8 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     pair = load_pair(model_ref, base_ref)
     subject = Subject(pair.pipe, pair.base_pipe, model, base_ref.name, model_ref.hash, base_ref.hash)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    return attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=pair.spec(concept),
-                           compositional=pair.compositional_prompts(concept), cache=cache, resume=resume,
-                           show_progress=show_progress)
+    report = attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=pair.spec(concept),
+                             compositional=pair.compositional_prompts(concept), cache=cache, resume=resume,
+                             show_progress=show_progress)
+    release_folder(out)
+    return report

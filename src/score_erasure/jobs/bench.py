@@ -25,7 +25,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import write_report
-from score_erasure.io import atomic_write_json, atomic_write_text, output_folder
+from score_erasure.io import atomic_write_json, atomic_write_text, output_folder, release_folder
 from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.methods import METHODS, get_method
 from score_erasure.models import ModelRef, resolve_model
@@ -240,6 +240,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
                                     "attacks": attacks, "certify": certify is not None,
                                     "variants": {k: {"method": m, "config": o} for k, (m, o) in variants.items()},
                                     "cache": {"hits": cache.hits, "generated": cache.generated}})
+    release_folder(out)
     return rows
 
 

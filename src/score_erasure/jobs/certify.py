@@ -9,7 +9,7 @@ from score_erasure.certify.certificate import CertifyConfig, certify_pipelines, 
 from score_erasure.certify.report import CertificateReport
 from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.protocol import resolve_protocol
-from score_erasure.io import output_folder
+from score_erasure.io import output_folder, release_folder
 from score_erasure.models import load_pair, resolve_model
 
 
@@ -30,6 +30,8 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
     model_ref = resolve_model(model)
     base_ref = resolve_model(base) if base else model_ref.default_base()
     pair = load_pair(model_ref, base_ref)
-    return certify_pipelines(pair.pipe, pair.base_pipe, (model, base_ref.name), (model_ref.hash, base_ref.hash),
-                             concept, protocol, pair.spec(concept), list(attack_folders or []), cfg, out, start,
-                             judge)
+    report = certify_pipelines(pair.pipe, pair.base_pipe, (model, base_ref.name), (model_ref.hash, base_ref.hash),
+                               concept, protocol, pair.spec(concept), list(attack_folders or []), cfg, out, start,
+                               judge)
+    release_folder(out)
+    return report

@@ -17,7 +17,7 @@ from score_erasure import parallel
 from score_erasure.backends import denoiser_for
 from score_erasure.delta import ErasureDelta, installed_hooks
 from score_erasure.errors import UserError
-from score_erasure.io import atomic_write_json, output_folder
+from score_erasure.io import atomic_write_json, output_folder, release_folder
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.models import ModelRef, resolve_model
@@ -67,4 +67,5 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
         record["merged"] = str(out / "pipeline")
     atomic_write_json(out / "erase.json", record)
     parallel.barrier()  # the other processes return once the main process has written the outputs
+    release_folder(out)
     return delta

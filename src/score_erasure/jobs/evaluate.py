@@ -9,7 +9,7 @@ from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import Report, write_report
-from score_erasure.io import output_folder
+from score_erasure.io import output_folder, release_folder
 from score_erasure.models import load_pair, resolve_model
 
 
@@ -37,4 +37,5 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     report.cache = {"hits": cache.hits, "generated": cache.generated}
     report.seconds = time.time() - start
     write_report(report, sampled.images, base_sampled.images, out)
+    release_folder(out)
     return report
