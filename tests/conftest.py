@@ -58,3 +58,13 @@ def tiny_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-model")
     tiny_sd_pipeline(0).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory):
+    """A second tiny model with other weights: another base, or a stand-in for an erased model."""
+    from score_erasure.testing import tiny_sd_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-model-2")
+    tiny_sd_pipeline(1).save_pretrained(path)
+    return path

@@ -12,16 +12,6 @@ from score_erasure.testing import run_cli as run
 
 
 @pytest.fixture(scope="module")
-def other_model_dir(tmp_path_factory):
-    """A second tiny model with other weights: another base."""
-    from score_erasure.testing import tiny_sd_pipeline
-
-    path = tmp_path_factory.mktemp("other-model")
-    tiny_sd_pipeline(1).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def erased(tmp_path_factory, tiny_model_dir):
     """A real erase output folder of the tiny model (UCE: a closed form, a second)."""
     from score_erasure.jobs.erase import erase

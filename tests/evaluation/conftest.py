@@ -15,14 +15,6 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
-def other_model_dir(tmp_path_factory):
-    """A second tiny model with different weights (a stand-in for an erased model)."""
-    path = tmp_path_factory.mktemp("tiny-model-2")
-    tiny_pipeline(1).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory):
     """A tiny model that makes 16x16 images: a base of the wrong resolution."""
     path = tmp_path_factory.mktemp("tiny-model-16px")
