@@ -36,7 +36,8 @@ LAYERS = [
 # Third-party packages a library module may import inside a function, and why (everything else at the top).
 LAZY_IMPORTS = {
     "accelerate": "multi-process state, only asked for when a run shards or writes",
-    "diffusers": "model classes for training and the tiny test pipelines, seconds to import",
+    "diffusers": "pipelines and schedulers, seconds to import: imported where a pipeline is driven, so that the "
+                 "registries (`score methods`, `score attacks`) load without it",
     "transformers": "text-model classes for the CLIP judge and the tiny test pipelines",
     "matplotlib": "plotting, only when a grid is drawn",
     "nudenet": "an ONNX detector, only for the NudeNet judge",

@@ -143,3 +143,16 @@ def test_two_commands_cannot_write_one_folder_and_a_stale_lock_is_taken_over(cap
                        "1", "--out", out)  # the holder is gone: its lock is stale
     assert code in (0, None), err
     assert (out / "grid.png").is_file() and not (out / LOCK).exists()  # released when done
+
+
+def test_listing_loads_no_model_library():
+    """`score methods` and `score attacks` read the registries only: no diffusers, transformers or peft import
+    (they took about 7 s before; the heavy libraries are imported where a pipeline is driven)."""
+    script = ("import sys; from score_erasure.cli import main; sys.argv = ['score', 'methods', '--json']\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "sys.argv = ['score', 'attacks', '--json']\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "[]", done.stderr

@@ -24,11 +24,12 @@ from diffusers.utils import logging as diffusers_logging
 from huggingface_hub import snapshot_download
 from transformers.utils import logging as transformers_logging
 
+from score_erasure.backends.base import resolution
 from score_erasure.delta import ErasureDelta
 from score_erasure.errors import UserError
 from score_erasure.methods import hook_restorers
 from score_erasure.options import DTYPES, OPTIONS
-from score_erasure.pipelines import SingleEncoderFluxPipeline, resolution
+from score_erasure.pipelines import SingleEncoderFluxPipeline
 from score_erasure.provenance import hash_directory, hash_files
 from score_erasure.spec import ConceptSpec, combine_specs
 from score_erasure.toyworld import model as world_model

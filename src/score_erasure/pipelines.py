@@ -20,19 +20,7 @@ from diffusers import (
 )
 from diffusers.image_processor import VaeImageProcessor
 
-
-def resolution(pipe: DiffusionPipeline) -> tuple[int, int]:
-    """The (height, width) a pipeline generates by default."""
-    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    size = getattr(pipe, "default_sample_size", None) or network.config.sample_size
-    side = int(size) * int(pipe.vae_scale_factor)
-    return side, side
-
-
-def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of token states over the real (unpadded) tokens: sentence-transformers' pooling."""
-    weights = mask.to(states.dtype).unsqueeze(-1)
-    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+from score_erasure.backends.base import masked_mean
 
 
 class SingleEncoderFluxPipeline(FluxPipeline):

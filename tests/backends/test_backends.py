@@ -7,11 +7,11 @@ import torch
 
 from score_erasure.attacks import ATTACKS, AttackContext, get_attack
 from score_erasure.backends import denoiser_for
+from score_erasure.backends.base import resolution
 from score_erasure.evaluation.judges import load_judge
 from score_erasure.evaluation.protocol import Protocol
 from score_erasure.generate import generate
 from score_erasure.methods import METHODS, get_method
-from score_erasure.pipelines import resolution
 from score_erasure.spec import ConceptSpec
 from score_erasure.testing import (
     FAST_ATTACK_CONFIGS,

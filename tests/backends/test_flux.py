@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from score_erasure.backends import denoiser_for
+from score_erasure.backends.base import resolution
 from score_erasure.generate import generate
 from score_erasure.methods import get_method
 from score_erasure.models import load_pipeline
-from score_erasure.pipelines import resolution
 from score_erasure.spec import ConceptSpec
 from score_erasure.testing import tiny_flux_pipeline
 

@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
+from score_erasure.backends.base import resolution
 from score_erasure.errors import UserError
 from score_erasure.models import resolve_model
-from score_erasure.pipelines import resolution
 
 
 def test_model_hash_follows_content_not_location(tiny_model_dir, other_model_dir, tmp_path):

@@ -1,8 +1,9 @@
-"""Backends: one Denoiser per model family, chosen from the pipeline's type."""
+"""Backends: one Denoiser per model family, chosen from the pipeline's type.
+
+diffusers is imported where a pipeline is driven, not at import, so that the registries (and `score methods`)
+load without it."""
 
 from __future__ import annotations
-
-from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from score_erasure.backends.base import FAMILIES, PARAMETER_GROUPS, Denoiser
 from score_erasure.backends.flux import FluxDenoiser
@@ -13,6 +14,8 @@ from score_erasure.errors import UserError
 
 def denoiser_for(pipe) -> Denoiser:
     """The Denoiser that drives `pipe`: SD1.x/2.x (and the embedded model), SDXL, or FLUX."""
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
     if isinstance(pipe, StableDiffusionXLPipeline):
         return SDXLDenoiser(pipe)
     if isinstance(pipe, StableDiffusionPipeline):

@@ -208,3 +208,17 @@ def pack_pooled(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
 
 def unpack_pooled(cond: torch.Tensor, states_width: int, pooled_width: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cond[:, :-1, :states_width], cond[:, -1, :pooled_width]
+
+
+def resolution(pipe) -> tuple[int, int]:
+    """The (height, width) a pipeline generates by default."""
+    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    size = getattr(pipe, "default_sample_size", None) or network.config.sample_size
+    side = int(size) * int(pipe.vae_scale_factor)
+    return side, side
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token states over the real (unpadded) tokens: sentence-transformers' pooling."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)

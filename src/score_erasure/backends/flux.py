@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from score_erasure.backends.base import Denoiser, PooledConditioning, encode_with_input_embeddings, pack_pooled
+from score_erasure.backends.base import (
+    Denoiser,
+    PooledConditioning,
+    encode_with_input_embeddings,
+    masked_mean,
+    pack_pooled,
+    resolution,
+)
 from score_erasure.errors import UserError
-from score_erasure.pipelines import masked_mean, resolution
 
 DEFAULT_DISTILLED_GUIDANCE = 3.5  # FLUX.1-dev's default
 
@@ -94,6 +98,8 @@ class FluxDenoiser(PooledConditioning, Denoiser, family="flux", network_attr="tr
 
     # --- one network evaluation -----------------------------------------------------------------
     def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+        from diffusers import FluxPipeline  # its static packing helpers
+
         b, c, h, w = x_t.shape
         dtype = self.network.dtype  # a frozen copy may run in lower precision than the caller
         states, pooled = (part.to(dtype) for part in self.unpack(cond))
@@ -132,8 +138,11 @@ class FluxDenoiser(PooledConditioning, Denoiser, family="flux", network_attr="tr
         side, _ = resolution(self.pipe)
         return 2 * (side // (self.pipe.vae_scale_factor * 2))
 
-    def _scheduler(self, steps: int) -> FlowMatchEulerDiscreteScheduler:
+    def _scheduler(self, steps: int):
         """FluxPipeline's schedule: sigmas linspace(1, 1/K, K), shifted by mu from the image's token count."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
         if steps < 1:
             raise UserError(f"steps must be at least 1 (got {steps})")
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)

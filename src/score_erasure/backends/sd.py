@@ -4,7 +4,6 @@ embedded model (v). Cross-attention is `attn2` in every transformer block."""
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler
 
 from score_erasure.backends.base import Denoiser, encode_with_input_embeddings
 
@@ -15,6 +14,8 @@ class SDDenoiser(Denoiser, family="sd", network_attr="unet"):
 
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)
+        from diffusers import DDIMScheduler
+
         # Methods and attacks sample with DDIM whatever scheduler the pipeline ships (as ESD does).
         self.scheduler_config = DDIMScheduler.from_config(pipe.scheduler.config).config
         self.alphas_cumprod = DDIMScheduler.from_config(self.scheduler_config).alphas_cumprod
@@ -66,7 +67,9 @@ class SDDenoiser(Denoiser, family="sd", network_attr="unet"):
             return a.sqrt() * x_t - (1 - a).sqrt() * pred
         return pred  # "sample"
 
-    def _scheduler(self, steps: int) -> DDIMScheduler:
+    def _scheduler(self, steps: int):
+        from diffusers import DDIMScheduler
+
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
         return scheduler

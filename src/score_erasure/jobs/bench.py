@@ -19,6 +19,7 @@ from pathlib import Path
 
 from score_erasure.attacks import get_attack
 from score_erasure.backends import denoiser_for
+from score_erasure.backends.base import resolution
 from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
 from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir
@@ -29,7 +30,6 @@ from score_erasure.io import atomic_write_json, atomic_write_text, output_folder
 from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.methods import METHODS, get_method
 from score_erasure.models import ModelRef, resolve_model
-from score_erasure.pipelines import resolution
 from score_erasure.progress import log
 from score_erasure.provenance import compute, peak_rss_mb, provenance, reset_peak_rss, versions
 from score_erasure.reporting import Metric, figure, fmt, metric_bars, write_figure
