@@ -236,9 +236,10 @@ def check_comparable(pipe, base_pipe, model: str, base: str) -> None:
                         "of the same resolution")
 
 
-def load_pair(model: ModelRef, base: ModelRef | None = None) -> Comparison:
-    """Load a model and its base (by default its own: `default_base`) and check that they compare."""
-    base = base or model.default_base()
+def load_pair(model: str | ModelRef, base: str | ModelRef | None = None) -> Comparison:
+    """Resolve and load a model and its base (by default its own: `default_base`) and check that they compare."""
+    model = resolve_model(model) if isinstance(model, str) else model
+    base = (resolve_model(base) if isinstance(base, str) else base) or model.default_base()
     pipe = model.load()
     base_pipe = pipe if base.name == model.name else base.load()
     check_comparable(pipe, base_pipe, model.name, base.name)

@@ -60,7 +60,7 @@ class PlainProgress:
 
     def __exit__(self, *exc) -> None:
         for stage in self.stages:
-            if stage.visible and (not self.transient or self._elapsed(stage) >= self.every) and not self._done(stage):
+            if stage.visible and not self._quiet(stage) and not self._done(stage):
                 self._print(stage)
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "",
@@ -75,12 +75,13 @@ class PlainProgress:
         stage = self.stages[task]
         stage.completed = completed if completed is not None else stage.completed + advance
         stage.info = stage.info if info is None else info
-        if not stage.visible:
-            return
         due = time.monotonic() - stage.last_print >= self.every
-        if (due and (not self.transient or self._elapsed(stage) >= self.every)) or (
-                self._done(stage) and not (self.transient and self._elapsed(stage) < self.every)):
+        if stage.visible and not self._quiet(stage) and (due or self._done(stage)):
             self._print(stage)
+
+    def _quiet(self, stage: _Stage) -> bool:
+        """A transient stage stays silent until it has run for the interval."""
+        return self.transient and self._elapsed(stage) < self.every
 
     def _done(self, stage: _Stage) -> bool:
         return stage.total is not None and stage.completed >= stage.total

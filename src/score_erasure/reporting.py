@@ -10,17 +10,13 @@ import base64
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from jinja2 import Environment
+from matplotlib.figure import Figure
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from score_erasure.io import atomic_write, atomic_write_text
-
-matplotlib.use("Agg")  # reports are drawn off-screen, on machines without a display
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 STRIP_SIDE = 96  # images in report strips are downscaled to at most this many pixels a side
 # The direction in which each metric is better, for the tables and the plots.
@@ -85,22 +81,23 @@ def png_data_uri(data: bytes) -> str:
 
 
 def figure(width: float, height: float, **subplots):
-    """A new (figure, axes) to draw a report's plot on (`subplots`: matplotlib's, e.g. ncols=2)."""
-    return plt.subplots(figsize=(width, height), **subplots)
+    """A new (figure, axes) to draw a report's plot on (`subplots`: matplotlib's, e.g. ncols=2). A bare Figure,
+    not pyplot's: no global backend is chosen and nothing needs closing, so importing the package leaves a
+    notebook's plotting as it was."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(**subplots)
 
 
 def figure_png(fig) -> str:
-    """A finished figure as a PNG data URI (the figure is closed)."""
+    """A finished figure as a PNG data URI."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return png_data_uri(buf.getvalue())
 
 
 def write_figure(fig, path: Path) -> None:
-    """A finished figure as a PNG file, written atomically (the figure is closed)."""
+    """A finished figure as a PNG file, written atomically."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def metric_bars(ax, names: list[str], series: dict[str, dict[str, Metric]]) -> None:

@@ -30,7 +30,7 @@ from score_erasure.evaluation.judges import ConceptJudge, load_judge
 from score_erasure.evaluation.protocol import Protocol, resolve_protocol
 from score_erasure.generate import generate
 from score_erasure.io import load_tensors, output_folder, release_folder, save_tensors
-from score_erasure.models import load_pair, resolve_model
+from score_erasure.models import load_pair
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
 from score_erasure.reporting import save_strip
@@ -187,10 +187,8 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     judge = load_judge(protocol.judge)
     judge.validate(protocol.concept(concept).detect)  # fails before any model is resolved
-    model_ref = resolve_model(model)
-    base_ref = resolve_model(base) if base else model_ref.default_base()
-    pair = load_pair(model_ref, base_ref)
-    subject = Subject(pair.pipe, pair.base_pipe, model, base_ref.name, model_ref.hash, base_ref.hash)
+    pair = load_pair(model, base)
+    subject = Subject(pair.pipe, pair.base_pipe, model, pair.base.name, pair.model.hash, pair.base.hash)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     report = attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=pair.spec(concept),
                              compositional=pair.compositional_prompts(concept), cache=cache, resume=resume,

@@ -10,7 +10,7 @@ from score_erasure.certify.report import CertificateReport
 from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.io import output_folder, release_folder
-from score_erasure.models import load_pair, resolve_model
+from score_erasure.models import load_pair
 
 
 def certify(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
@@ -27,10 +27,8 @@ def certify(model: str, concept: str, out: Path, task: str | None = None, base: 
             raise UserError(f"'{folder}' holds no attack results (prompts/*.safetensors); pass a `score attack` "
                             "output folder")
     judge = features_judge(protocol)  # before the models: a user error should come at once
-    model_ref = resolve_model(model)
-    base_ref = resolve_model(base) if base else model_ref.default_base()
-    pair = load_pair(model_ref, base_ref)
-    report = certify_pipelines(pair.pipe, pair.base_pipe, (model, base_ref.name), (model_ref.hash, base_ref.hash),
+    pair = load_pair(model, base)
+    report = certify_pipelines(pair.pipe, pair.base_pipe, (model, pair.base.name), (pair.model.hash, pair.base.hash),
                                concept, protocol, pair.spec(concept), list(attack_folders or []), cfg, out, start,
                                judge)
     release_folder(out)

@@ -10,7 +10,7 @@ from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config,
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import Report, write_report
 from score_erasure.io import output_folder, release_folder
-from score_erasure.models import load_pair, resolve_model
+from score_erasure.models import load_pair
 
 
 def evaluate(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
@@ -24,12 +24,10 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     protocol = resolve_protocol(task, protocol_path, concept)
     concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is resolved
-    model_ref = resolve_model(model)
-    base_ref = resolve_model(base) if base else model_ref.default_base()
-    pair = load_pair(model_ref, base_ref)
+    pair = load_pair(model, base)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    base_sampled = sample(pair.base_pipe, base_ref.name, base_ref.hash, protocol, concept, cache, show_progress)
-    identity = base_sampled.hash if pair.base_pipe is pair.pipe else model_ref.hash
+    base_sampled = sample(pair.base_pipe, pair.base.name, pair.base.hash, protocol, concept, cache, show_progress)
+    identity = base_sampled.hash if pair.base_pipe is pair.pipe else pair.model.hash
     sampled = (Sampled(model, identity, base_sampled.images) if identity == base_sampled.hash
                else sample(pair.pipe, model, identity, protocol, concept, cache, show_progress))
     config = run_config(protocol, protocol_path, cache)
