@@ -39,7 +39,6 @@ LAZY_IMPORTS = {
     "diffusers": "pipelines and schedulers, seconds to import: imported where a pipeline is driven, so that the "
                  "registries (`score methods`, `score attacks`) load without it",
     "transformers": "text-model classes for the CLIP judge and the tiny test pipelines",
-    "matplotlib": "plotting, only when a grid is drawn",
     "nudenet": "an ONNX detector, only for the NudeNet judge",
     "peft": "LoRA, only for the LoRA methods",
     "sklearn": "the certificate's probes only",

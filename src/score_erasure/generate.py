@@ -18,6 +18,7 @@ from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.io import atomic_write
 from score_erasure.progress import progress_bar
+from score_erasure.reporting import figure, write_figure
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.0
@@ -71,15 +72,10 @@ def slug(text: str, limit: int = 40) -> str:
 def save_grid(images: np.ndarray, row_labels: list[str], path: Path, col_labels: list[str] | None = None,
               scale: int = 3) -> None:
     """A labelled grid PNG (rows = prompts, columns = seeds), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows, cols = images.shape[:2]
     h, w = images.shape[2:4]
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * w * scale / 100 + 2.5, rows * h * scale / 100 + 0.3),
-                             squeeze=False)
+    fig, axes = figure(cols * w * scale / 100 + 2.5, rows * h * scale / 100 + 0.3, nrows=rows, ncols=cols,
+                       squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -91,8 +87,7 @@ def save_grid(images: np.ndarray, row_labels: list[str], path: Path, col_labels:
             if r == 0 and col_labels:
                 ax.set_title(col_labels[c], fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def save_images(images: np.ndarray, prompts: list[str], seeds: list[int], out: Path) -> list[Path]:
