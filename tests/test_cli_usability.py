@@ -145,6 +145,31 @@ def test_two_commands_cannot_write_one_folder_and_a_stale_lock_is_taken_over(cap
     assert (out / "grid.png").is_file() and not (out / LOCK).exists()  # released when done
 
 
+def test_a_folder_holding_another_run_is_refused_unless_overwrite_or_resume(capsys, monkeypatch, tiny_model_dir,
+                                                                           tmp_path):
+    """A finished (or checkpointed) run is never overwritten by accident: `--overwrite` replaces it, `--resume`
+    continues a run of the same kind and the same erasure, anything else is one line naming both ways in."""
+    gen = ["generate", "-m", tiny_model_dir, "-p", "a star", "-n", "1", "--steps", "1", "--out", tmp_path / "g"]
+    assert run(capsys, monkeypatch, *gen)[0] in (0, None)
+    before = (tmp_path / "g" / "generate.json").read_text()
+    code, _, err = run(capsys, monkeypatch, *gen)
+    assert code == 2 and "already holds a run (generate.json); pass --overwrite to replace it, or" in err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "g" / "generate.json").read_text() == before
+    assert run(capsys, monkeypatch, *gen, "--overwrite")[0] in (0, None)
+    assert (tmp_path / "g" / "generate.json").read_text() != before  # a new record (its time)
+
+    erase = ["erase", "-m", tiny_model_dir, "-c", "star", "--out", tmp_path / "e"]
+    assert run(capsys, monkeypatch, *erase, "--method", "uce")[0] in (0, None)
+    code, _, err = run(capsys, monkeypatch, *erase, "--method", "uce")
+    assert code == 2 and "pass --overwrite to replace it, --resume to continue it, or choose another --out" in err
+    assert run(capsys, monkeypatch, *erase, "--method", "uce", "--resume")[0] in (0, None)
+    code, _, err = run(capsys, monkeypatch, *erase, "--method", "esd-x", "--resume")
+    assert code == 2 and "holds another erasure (erase.json: its method, config differ" in err
+    code, _, err = run(capsys, monkeypatch, "evaluate", "-c", "star", "--out", tmp_path / "e")
+    assert code == 2 and "(erase.json); pass --overwrite to replace it, or" in err  # no --resume across kinds
+    assert not (tmp_path / "e" / "report.json").exists()
+
+
 def test_listing_loads_no_model_library():
     """`score methods` and `score attacks` read the registries only: no diffusers, transformers or peft import
     (they took about 7 s before; the heavy libraries are imported where a pipeline is driven)."""

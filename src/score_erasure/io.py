@@ -21,10 +21,21 @@ LOCK = ".score.lock"  # in an output folder while a command writes it: {"pid", "
 _held: set[Path] = set()
 
 
-def output_folder(path: Path) -> Path:
-    """The `--out` folder, created and claimed now: a folder that cannot be written, or that another running command
-    is writing, is a one-line error before any work. The claim is a lock file naming the holder's pid; a lock whose
-    process is gone is stale and taken over. `release_folder` (or the process's exit) gives it back."""
+#: What each command leaves in its `--out` folder to say that a run is there (its record, written last; erase's
+#: checkpoint while it trains). A folder holding any of them is written into again only when the user says how.
+RUN_FILES = {"erase": ("erase.json", "checkpoint.safetensors"), "evaluate": ("report.json",),
+             "attack": ("report.json",), "certify": ("report.json",), "bench": ("results.json",),
+             "generate": ("generate.json",), "train": ("train.json",), "merge": ("model_index.json",)}
+
+RESUMABLE = ("erase", "attack", "bench", "train")
+
+
+def output_folder(path: Path, kind: str, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """The `--out` folder of a `kind` command, created and claimed now, or a one-line error before any work: a
+    folder that cannot be written, that another running command is writing, or that holds another run (refused
+    unless `overwrite`, or `resume` and the run there is of this kind). The claim is a lock file naming the
+    holder's pid; a lock whose process is gone is stale and taken over. `release_folder` (or the process's exit)
+    gives it back."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -35,7 +46,21 @@ def output_folder(path: Path) -> Path:
                         "--out") from exc
     if parallel.is_main():
         _claim(path / LOCK)
+        try:
+            _refuse_another_run(path, kind, resume, overwrite)
+        except UserError:
+            release_folder(path)
+            raise
     return path
+
+
+def _refuse_another_run(path: Path, kind: str, resume: bool, overwrite: bool) -> None:
+    found = sorted({name for names in RUN_FILES.values() for name in names if (path / name).is_file()})
+    if not found or overwrite or (resume and set(found) <= set(RUN_FILES[kind])):
+        return
+    ours = set(found) <= set(RUN_FILES[kind])
+    ways = "pass --overwrite to replace it" + (", --resume to continue it" if ours and kind in RESUMABLE else "")
+    raise UserError(f"'{path}' already holds a run ({', '.join(found)}); {ways}, or choose another --out")
 
 
 def _claim(lock: Path) -> None:
@@ -130,10 +155,14 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"json": json.dumps(metadata, default=str)}))
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def load_metadata(path: Path) -> dict:
+    """The JSON metadata of a `save_tensors` file, without reading its tensors."""
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("json", "{}"))
-    return load_file(str(path)), meta
+        return json.loads((f.metadata() or {}).get("json", "{}"))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_file(str(path)), load_metadata(path)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> dict[str, torch.Tensor]:

@@ -50,7 +50,9 @@ def test_attack_end_to_end_then_resumed(capsys, monkeypatch, tmp_path, tiny_mode
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["attack"] == "unlearndiff" and report["config"]["iterations"] == 2
     assert report["model_hash"] != report["base_hash"]
-    code, out, _ = run(capsys, monkeypatch, *args)
+    code, _, err = run(capsys, monkeypatch, *args)  # a finished attack is not redone by accident
+    assert code == 2 and "pass --overwrite to replace it, --resume to continue it" in err
+    code, out, _ = run(capsys, monkeypatch, *args, "--resume")
     assert "2 of 2 prompts resumed" in out
 
 

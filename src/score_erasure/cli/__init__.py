@@ -30,6 +30,7 @@ from score_erasure.cli.options import (
     JsonOpt,
     ModelOpt,
     NameOpt,
+    OverwriteOpt,
     SeedOpt,
     console,
     err,
@@ -110,6 +111,7 @@ def generate_cmd(
                                              "generate.json.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per pipeline call (the unit `accelerate launch` deals "
                                                  "out to processes).")] = 64,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
     from score_erasure import parallel
@@ -121,7 +123,7 @@ def generate_cmd(
     if n < 1 or batch_size < 1:
         raise UserError(f"-n and --batch-size must be positive (got {n} and {batch_size})")
     validate_prompts(prompt)
-    out = output_folder(out)
+    out = output_folder(out, "generate", overwrite=overwrite)
     pipe = load_pipeline(model)
     seeds = list(range(seed, seed + n))
     images = generate(pipe, prompt, seeds, steps=steps, guidance=guidance, batch_size=batch_size)
@@ -149,20 +151,22 @@ def demo_cmd(
     grid_only: Annotated[bool, typer.Option(help="Only the base model's grid and the judge's verdicts.")] = False,
 ) -> None:
     """The main job on the embedded model: erase a concept with SCORE and evaluate it against the base model
-    (a few minutes on 2 CPU cores), after a grid of the base model with the judge's verdicts."""
+    (a few minutes on 2 CPU cores), after a grid of the base model with the judge's verdicts. Rerun into the same
+    --out, it keeps (or continues) the same erasure and redraws the grid and the evaluation."""
     from score_erasure.jobs.erase import erase
     from score_erasure.jobs.evaluate import evaluate
     from score_erasure.models import resolve_model
 
     generate_cmd(prompt=DEMO_PROMPTS, out=out / "base", model="embedded", n=4, seed=0, steps=25, guidance=3.0,
-                 judge=True)
+                 judge=True, overwrite=True)
     if grid_only:
         return
     console.rule(f"erasing '{concept}' with {method}")
     base = resolve_model("embedded")
     erase(base, method, base.spec([concept]), out / "erased", resume=True)
     console.rule("evaluating the erased model against the base")
-    report = evaluate(str(out / "erased"), concept, out / "evaluation", task="object", base="embedded")
+    report = evaluate(str(out / "erased"), concept, out / "evaluation", task="object", base="embedded",
+                      overwrite=True)
     print_evaluation(console, report, f"{method} (no {concept})", "embedded", out / "evaluation")
 
 
@@ -176,7 +180,9 @@ def erase_cmd(
     preserve: Annotated[list[str] | None, typer.Option(help="Prompt to preserve; repeat for several.")] = None,
     concept_file: Annotated[Path | None, typer.Option(help="TOML: concepts, synonyms, anchor, preserve.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON overriding the method's config.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from checkpoint.safetensors in --out.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the same erasure from checkpoint.safetensors in --out.")]
+    = False,
+    overwrite: OverwriteOpt = False,
     merge: Annotated[bool, typer.Option(help="Also write the full erased pipeline to OUT/pipeline.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
 ) -> None:
@@ -189,7 +195,7 @@ def erase_cmd(
     base = resolve_model(model)
     spec = base.spec(concept or [], preserve, concept_file)
     delta = erase(base, method, spec, out, read_overrides(config), resume=resume, save_pipeline=merge,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, overwrite=overwrite)
     record = json.loads((out / "erase.json").read_text())
     console.print(f"erased {', '.join(spec.concepts)} with {method} in {record['seconds']:.1f} s "
                   f"({len(delta.tensors)} tensors changed, peak RSS {record['peak_rss_mb']:.0f} MB) -> {out}")
@@ -202,9 +208,11 @@ def merge_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the full diffusers pipeline.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the one the delta "
                                                                     "records).")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Apply a delta to its base model and write a full diffusers pipeline (loads with plain diffusers)."""
     from score_erasure.delta import ErasureDelta
+    from score_erasure.io import output_folder, release_folder
     from score_erasure.methods import hook_restorers
     from score_erasure.models import resolve_model
 
@@ -214,9 +222,11 @@ def merge_cmd(
     d = ErasureDelta.load(path)
     d.require_mergeable()
     base = resolve_model(model or d.base_model)
+    output_folder(out, "merge", overwrite=overwrite)
     pipe = base.load()
     d.apply(pipe, base_hash=base.hash, restorers=hook_restorers())
     pipe.save_pretrained(out)
+    release_folder(out)
     console.print(f"wrote {out}")
 
 
@@ -234,6 +244,7 @@ def methods_cmd(name: NameOpt = None, as_json: JsonOpt = False) -> None:
 def world_train(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, logs, vae/ and unet/).")] = Path("runs/embedded"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
+    overwrite: OverwriteOpt = False,
     config: Annotated[Path | None, typer.Option(help="JSON file overriding TrainConfig fields.")] = None,
     install: Annotated[bool, typer.Option(help="Copy the trained weights into the package (half precision).")]
     = False,
@@ -241,14 +252,15 @@ def world_train(
                                            "transformer, on the shipped VAE.")] = "sd",
 ) -> None:
     """Train an embedded model on the rendered world (sd: 102 minutes on 2 CPU cores; see the model card)."""
+    from score_erasure.io import output_folder, release_folder
     from score_erasure.toyworld.train import TrainConfig, install_weights, train
 
     if arch not in ("sd", "flux"):
         raise UserError(f"unknown --arch '{arch}'; choose sd or flux")
     cfg = TrainConfig(**(json.loads(config.read_text()) if config else {}))
-    if (out / "train.json").exists() and not resume:
-        raise UserError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+    output_folder(out, "train", resume=resume, overwrite=overwrite)
     record = train(out, cfg, resume=resume, arch=arch)
+    release_folder(out)
     if not record.get("complete"):
         raise UserError(f"training stopped before the end; continue it with --resume --out {out}")
     console.print_json(data={"seconds": record["seconds"], "parameters": record["parameters"]})

@@ -14,6 +14,7 @@ from score_erasure.cli.options import (
     JsonOpt,
     ModelOpt,
     NameOpt,
+    OverwriteOpt,
     ProtocolOpt,
     TaskOpt,
     console,
@@ -34,10 +35,12 @@ def register(app: typer.Typer) -> None:
         base: BaseOpt = None,
         task: TaskOpt = None,
         protocol: ProtocolOpt = None,
-        resume: Annotated[bool, typer.Option("--resume/--restart", help="Skip prompts already attacked in --out "
-                                                                         "with the same settings.")] = True,
+        resume: Annotated[bool | None, typer.Option("--resume/--restart", help="Keep (or redo) the prompts that an "
+                                                    "earlier run into --out attacked with the same settings (kept "
+                                                    "by default unless that run finished).")] = None,
         cache_dir: CacheDirOpt = None,
         cache: CacheOpt = True,
+        overwrite: OverwriteOpt = False,
     ) -> None:
         """Attack a model on one task and concept: ASR (attacked prompts) beside the pre-attack rate.
 
@@ -47,7 +50,8 @@ def register(app: typer.Typer) -> None:
         from score_erasure.reporting import fmt
 
         report = run_attack(model, attack, concept, out, task=task, base=base, protocol_path=protocol,
-                            overrides=read_overrides(config), cache_dir=cache_dir, use_cache=cache, resume=resume)
+                            overrides=read_overrides(config), cache_dir=cache_dir, use_cache=cache, resume=resume,
+                            overwrite=overwrite)
         table = Table(title=f"{attack} on {report.task} / {concept}: {model}")
         for col in ("metric", "value", "95% interval"):
             table.add_column(col)

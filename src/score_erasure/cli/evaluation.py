@@ -18,6 +18,7 @@ from score_erasure.cli.options import (
     ConceptOpt,
     FidOpt,
     ModelOpt,
+    OverwriteOpt,
     ProtocolOpt,
     TaskOpt,
     console,
@@ -74,6 +75,7 @@ def register(app: typer.Typer) -> None:
         cache: CacheOpt = True,
         fid_features: FidOpt = None,
         clip_model: ClipOpt = None,
+        overwrite: OverwriteOpt = False,
     ) -> None:
         """Evaluate a model on one task and concept against a base model (metrics with 95% intervals).
 
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         from score_erasure.jobs.evaluate import evaluate
 
         report = evaluate(model, concept, out, task=task, base=base, protocol_path=protocol, cache_dir=cache_dir,
-                          use_cache=cache, fid_features=fid_features, clip_model=clip_model)
+                          use_cache=cache, fid_features=fid_features, clip_model=clip_model, overwrite=overwrite)
         print_evaluation(console, report, model, report.base, out)
 
     @app.command("bench")
@@ -106,6 +108,7 @@ def register(app: typer.Typer) -> None:
                                                   "same base, protocol, attacks and versions.")] = False,
         certify: Annotated[bool, typer.Option(help="Add each row's leakage certificate (mi_nats, base_mi_nats), "
                                                    "the attacks' finds among its concept prompts.")] = False,
+        overwrite: OverwriteOpt = False,
     ) -> None:
         """Erase the concept with each method and evaluate all of them against the same base, in one run."""
         from score_erasure.jobs.bench import TABLE_METRICS, attack_columns, bench
@@ -116,7 +119,7 @@ def register(app: typer.Typer) -> None:
         rows = bench(model, concept, names, out, task=task, protocol_path=protocol, cache_dir=cache_dir,
                      use_cache=cache, fid_features=fid_features, clip_model=clip_model, command=command,
                      attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []), resume=resume,
-                     certify={} if certify else None)
+                     certify={} if certify else None, overwrite=overwrite)
         columns = TABLE_METRICS + attack_columns(attack_names, certify)
         table = Table(title=f"bench: {concept} on {model}")
         for col in ("method", *columns, "erase s", "peak RSS MB", "status"):

@@ -51,6 +51,8 @@ CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and st
 FidOpt = Annotated[Path | None, typer.Option(help="TorchScript feature extractor for FID/KID (e.g. fid-helper's "
                                                   "InceptionV3) instead of the judge's features.")]
 ClipOpt = Annotated[str | None, typer.Option(help="CLIP model (local dir or cached hub id): adds clip_score.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Write into --out even though it holds another run (its files "
+                                                "are replaced).")]
 SeedOpt = Annotated[int, typer.Option(min=0, help="Seed (0 or more).")]
 NameOpt = Annotated[str | None, typer.Argument(help="Show only this entry.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -178,9 +178,12 @@ def attack_pipeline(subject: Subject, attack: Attack, cfg, protocol: Protocol, c
 
 def run_attack(model: str, attack: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
                protocol_path: Path | None = None, overrides: dict | None = None, cache_dir: Path | None = None,
-               use_cache: bool = True, resume: bool = True, show_progress: bool = True) -> AttackReport:
-    """Attack `model` (erased from `base`) on one protocol concept; writes everything into `out`."""
-    out = output_folder(out)
+               use_cache: bool = True, resume: bool | None = None, show_progress: bool = True,
+               overwrite: bool = False) -> AttackReport:
+    """Attack `model` (erased from `base`) on one protocol concept; writes everything into `out`. The prompts an
+    unfinished run into `out` attacked with the same settings are kept unless `resume` is False; a finished run
+    there is refused unless `resume` (its prompts kept, the report redone) or `overwrite`."""
+    out = output_folder(out, "attack", resume=bool(resume), overwrite=overwrite or resume is False)
     entry = get_attack(attack)
     cfg = entry.config(overrides)
     protocol = resolve_protocol(task, protocol_path, concept)
@@ -191,7 +194,8 @@ def run_attack(model: str, attack: str, concept: str, out: Path, task: str | Non
     subject = Subject(pair.pipe, pair.base_pipe, model, pair.base.name, pair.model.hash, pair.base.hash)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     report = attack_pipeline(subject, entry, cfg, protocol, concept, out, judge=judge, spec=pair.spec(concept),
-                             compositional=pair.compositional_prompts(concept), cache=cache, resume=resume,
+                             compositional=pair.compositional_prompts(concept), cache=cache,
+                             resume=resume is True or (resume is None and not overwrite),
                              show_progress=show_progress)
     release_folder(out)
     return report

@@ -180,7 +180,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
           protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
           fid_features: Path | None = None, clip_model: str | None = None, command: str = "",
           attacks: list[str] | None = None, variants: dict[str, tuple[str, dict]] | None = None,
-          resume: bool = False, certify: dict | None = None) -> list[BenchRow]:
+          resume: bool = False, certify: dict | None = None, overwrite: bool = False) -> list[BenchRow]:
     """Evaluate every method against `model` (the base); writes results.md, results.json, results.png and one
     report folder per method under `out`. Each of `attacks` adds an ASR column (`asr_<attack>`). `variants`
     adds rows `label -> (method, config overrides)`: an ablation is a variant of a method. With `resume`, a
@@ -189,7 +189,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     `base_mi_nats`; the attacks' finds among its concept prompts)."""
     start = time.time()
     registry = method_registry()
-    out = output_folder(out)
+    out = output_folder(out, "bench", resume=resume, overwrite=overwrite)
     unknown = [m for m in methods if m not in registry]
     if unknown or not (methods or variants):
         raise UserError(f"unknown method '{(unknown or [''])[0]}'; choose one or more of: {', '.join(registry)}")

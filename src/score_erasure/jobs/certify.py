@@ -15,10 +15,10 @@ from score_erasure.models import load_pair
 
 def certify(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
             protocol_path: Path | None = None, attack_folders: list[Path] | None = None,
-            overrides: dict | None = None) -> CertificateReport:
+            overrides: dict | None = None, overwrite: bool = False) -> CertificateReport:
     """Estimate the model's and the base's leakage of `concept`; writes report.json and report.html to `out`."""
     start = time.time()
-    out = output_folder(out)
+    out = output_folder(out, "certify", overwrite=overwrite)
     cfg = validated_config(CertifyConfig, dict(overrides or {}), "certify")
     protocol = resolve_protocol(task, protocol_path, concept)
     concept = protocol.canonical(concept)  # `-c Star` is the protocol's star

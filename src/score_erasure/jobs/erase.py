@@ -8,6 +8,7 @@ seconds, peak RSS, the loss/MI trace, provenance), checkpoint.safetensors while 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from score_erasure import parallel
 from score_erasure.backends import denoiser_for
 from score_erasure.delta import ErasureDelta, installed_hooks
 from score_erasure.errors import UserError
-from score_erasure.io import atomic_write_json, output_folder, release_folder
+from score_erasure.io import atomic_write_json, load_metadata, output_folder, release_folder
 from score_erasure.methods import get_method
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.models import ModelRef, resolve_model
@@ -27,15 +28,22 @@ from score_erasure.spec import ConceptSpec
 
 def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path, overrides: dict | None = None,
           resume: bool = False, save_pipeline: bool = False, checkpoint_every: int = 50,
-          show_progress: bool = True) -> ErasureDelta:
-    """Run `method_name` on `model` and write its delta and erase.json into `out`."""
+          show_progress: bool = True, overwrite: bool = False) -> ErasureDelta:
+    """Run `method_name` on `model` and write its delta and erase.json into `out`. A folder holding another run is
+    refused unless `overwrite`; `resume` continues this same erasure (method, concepts, config, base) from its
+    checkpoint, and refuses one of another."""
     model = resolve_model(model) if isinstance(model, str) else model
     method = get_method(method_name)
     cfg = method.config(overrides)
     if save_pipeline and not method.edits_weights:
         raise UserError(f"'{method_name}' edits the model at inference time: there are no weights to merge; "
                         "drop --merge and pass the erase folder itself as --model")
-    out = output_folder(out)
+    out = output_folder(out, "erase", resume=resume, overwrite=overwrite)
+    # what a resumed run must share with the one it continues; more iterations may be asked for
+    run = {"method": method_name, "concepts": spec.concepts, "base_hash": model.hash,
+           "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k != "iterations"}}
+    if resume:
+        _require_same_run(out, run)
     torch.manual_seed(getattr(cfg, "seed", 0))
     pipe = model.load()
     denoiser = denoiser_for(pipe)
@@ -43,7 +51,7 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
     before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
     start = time.time()
     trace = method.fit(denoiser, spec, cfg, checkpointing=Checkpointing(out / "checkpoint.safetensors",
-                                                                          checkpoint_every, resume),
+                                                                          checkpoint_every, resume, run),
                        show_progress=show_progress) or Trace()
     seconds = time.time() - start
     denoiser.network.requires_grad_(False)
@@ -69,3 +77,27 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
     parallel.barrier()  # the other processes return once the main process has written the outputs
     release_folder(out)
     return delta
+
+
+def _require_same_run(out: Path, run: dict) -> None:
+    """`--resume` continues the erasure its folder holds (to more iterations if asked); another method, concept,
+    config or base would start from a checkpoint that is not its own, or keep a delta that was not asked for."""
+    for name, recorded in (("checkpoint.safetensors", _checkpoint_run(out / "checkpoint.safetensors")),
+                           ("erase.json", _record_run(out / "erase.json"))):
+        if recorded is not None and recorded != run:
+            differs = ", ".join(k for k in run if recorded.get(k) != run[k])
+            release_folder(out)
+            raise UserError(f"'{out}' holds another erasure ({name}: its {differs} differ from this command's); "
+                            "pass --overwrite to replace it, or choose another --out")
+
+
+def _checkpoint_run(path: Path) -> dict | None:
+    return load_metadata(path).get("run") if path.is_file() else None  # None: from before checkpoints named a run
+
+
+def _record_run(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return {"method": record.get("method"), "concepts": record.get("concepts"), "base_hash": record.get("base_hash"),
+            "config": {k: v for k, v in (record.get("config") or {}).items() if k != "iterations"}}

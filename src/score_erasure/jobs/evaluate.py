@@ -16,11 +16,11 @@ from score_erasure.models import load_pair
 def evaluate(model: str, concept: str, out: Path, task: str | None = None, base: str | None = None,
              protocol_path: Path | None = None, cache_dir: Path | None = None, use_cache: bool = True,
              fid_features: Path | None = None, clip_model: str | None = None,
-             show_progress: bool = True) -> Report:
+             show_progress: bool = True, overwrite: bool = False) -> Report:
     """Evaluate `model` on one protocol concept against `base` (default: its own); writes report.json and
     report.html to `out`."""
     start = time.time()
-    out = output_folder(out)
+    out = output_folder(out, "evaluate", overwrite=overwrite)
     protocol = resolve_protocol(task, protocol_path, concept)
     concept = protocol.canonical(concept)  # `-c Star` is the protocol's star
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is resolved

@@ -24,11 +24,13 @@ StepFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]
 
 @dataclass
 class Checkpointing:
-    """Where and how often a run checkpoints; `resume` continues from the file if it exists."""
+    """Where and how often a run checkpoints; `resume` continues from the file if it exists. `run` (what the
+    erasure is: method, concepts, config, base) is stored in the file, so that a resume can check it is its own."""
 
     path: Path | None = None
     every: int = 50
     resume: bool = False
+    run: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -84,7 +86,8 @@ def finetune(params: dict[str, nn.Parameter], step: StepFn, iterations: int, lr:
 
     def save(k: int) -> None:
         if ckpt.path is not None:
-            save_tensors(_state(params, optimizers, modules), ckpt.path, {"step": k, "trace": trace.rows})
+            save_tensors(_state(params, optimizers, modules), ckpt.path, {"step": k, "trace": trace.rows,
+                                                                          "run": ckpt.run})
 
     with progress_bar() as bar:
         task = bar.add_task(label, total=iterations, completed=start, info="", visible=show_progress)

@@ -328,15 +328,15 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
                                                        cfg.fire_rate)
     record["seconds"]["render"] = record["seconds"].get("render", 0.0) + time.time() - start
     if arch == "flux":
-        if not (run_dir / "flux" / "config.json").exists():
+        if not (resume and (run_dir / "flux" / "config.json").exists()):
             if not timed("flux", lambda: train_flux(cfg, images, scenes, characters, run_dir, resume, budget)):
                 return record
         record["parameters"] = {"flux": model.count_parameters(model.new_flux_transformer())}
     else:
-        if not (run_dir / "vae" / "config.json").exists():
+        if not (resume and (run_dir / "vae" / "config.json").exists()):
             if not timed("vae", lambda: train_vae(cfg, _to_unit(images), run_dir, resume, budget)):
                 return record
-        if not (run_dir / "unet" / "config.json").exists():
+        if not (resume and (run_dir / "unet" / "config.json").exists()):
             if not timed("unet", lambda: train_unet(cfg, images, scenes, characters, run_dir, resume, budget)):
                 return record
         record["parameters"] = {"vae": model.count_parameters(model.new_vae()),
