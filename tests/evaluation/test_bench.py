@@ -70,8 +70,10 @@ def test_resume_keeps_finished_rows_and_reruns_changed_ones(methods_module, tiny
     assert again[0] == first[0]
     bench(str(tiny_model_dir), "star", ["noise"], out, resume=True, attacks=["paraphrase"], **kwargs)
     assert calls == ["broken", "noise"]  # another attack list: the saved row does not answer it
-    bench(str(tiny_model_dir), "star", ["noise"], out, **kwargs)
-    assert calls == ["broken", "noise", "noise"]  # without --resume everything runs
+    with pytest.raises(UserError, match="already holds a run"):  # a finished bench is not redone by accident
+        bench(str(tiny_model_dir), "star", ["noise"], out, **kwargs)
+    bench(str(tiny_model_dir), "star", ["noise"], out, overwrite=True, **kwargs)
+    assert calls == ["broken", "noise", "noise"]  # with --overwrite (no --resume) everything runs
 
 
 def test_unknown_method_lists_the_valid_ones(tmp_path):
