@@ -98,9 +98,9 @@ def test_a_variant_is_a_method_with_its_config_overridden(tiny_model_dir, small_
     results = json.loads((out / "results.json").read_text())
     assert results["variants"] == {"uce-tail": {"method": "uce", "config": {"tokens": "tail", "erase_scale": 2.0}}}
     with pytest.raises(UserError, match="already a method's name"):
-        bench(str(tiny_model_dir), "star", [], out, variants={"uce": ("uce", {})})
+        bench(str(tiny_model_dir), "star", [], tmp_path / "b", variants={"uce": ("uce", {})})
     with pytest.raises(UserError, match="uce"):
-        bench(str(tiny_model_dir), "star", [], out, variants={"x": ("uce", {"no_such_field": 1})})
+        bench(str(tiny_model_dir), "star", [], tmp_path / "c", variants={"x": ("uce", {"no_such_field": 1})})
 
 
 def test_variant_flag_parsing(tmp_path):

@@ -61,11 +61,11 @@ def test_unknown_task(tmp_path, tiny_model_dir):
         evaluate(str(tiny_model_dir), "star", tmp_path, task="shapes")
 
 
-def test_concept_not_in_protocol(run, tiny_model_dir):
+def test_concept_not_in_protocol(run, tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="concept 'star' is not in"):
-        evaluate(str(tiny_model_dir), "star", tiny_model_dir, task="unsafe")
+        evaluate(str(tiny_model_dir), "star", tmp_path / "a", task="unsafe")
     with pytest.raises(UserError, match="concept 'hexagon' is not in protocol"):
-        evaluate(str(tiny_model_dir), "hexagon", tiny_model_dir, task="object")
+        evaluate(str(tiny_model_dir), "hexagon", tmp_path / "b", task="object")
 
 
 def test_model_and_base_of_different_resolutions(run, tiny_model_dir, small_model_dir):
