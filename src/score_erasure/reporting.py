@@ -22,9 +22,11 @@ STRIP_SIDE = 96  # images in report strips are downscaled to at most this many p
 # The direction in which each metric is better, for the tables and the plots.
 BETTER = {"acc_e": "lower", "acc_g": "lower", "acc_s": "higher", "h": "higher", "fid": "lower", "kid": "lower",
           "ssim": "higher", "psnr": "higher", "clip_score": "higher", "asr": "lower", "mi_nats": "lower",
-          "fano_nats": "lower"}
+          "fano_nats": "lower", "acc_c": "higher", "acc_n": "higher", "h_rob": "higher", "fid_ratio": "lower",
+          "kid_ratio": "lower", "ssim_ratio": "lower"}
 # Units where a number alone would mislead: fid and kid are on the judge's features, not Inception's.
-UNITS = {"fid": "judge features", "kid": "raw MMD², judge features", "psnr": "dB"}
+UNITS = {"fid": "judge features", "kid": "raw MMD², judge features", "psnr": "dB", "fid_ratio": "x floor",
+         "kid_ratio": "x floor", "ssim_ratio": "x floor"}
 # Pages fit a 1280-pixel window: image strips scale to their column (tables of strips have a fixed layout), long
 # paths and prompts wrap, plots shrink to the page.
 STYLE = """<style>

@@ -139,10 +139,12 @@ def small_protocol_data(task: str, concept: str, per_group: int = 2, seeds: int 
     """A packaged protocol cut down to one concept, a few prompts per group, few seeds and steps."""
     data = json.loads(packaged_path(task).read_text())
     c = data["concepts"][concept]
-    data["concepts"] = {concept: {"detect": c["detect"], **{g: c[g][:per_group] for g in ("target", "generality",
-                                                                                            "retained")}}}
+    groups = ("target", "generality", "retained", "context", "lookalike")
+    data["concepts"] = {concept: {"detect": c["detect"], **{g: c[g][:per_group] for g in groups if g in c}}}
     data["neutral"] = data["neutral"][: per_group + 2]
     data["seeds"] = list(range(seeds))
+    if "floor_seeds" in data:
+        data["floor_seeds"] = data["floor_seeds"][:seeds]
     data["sampling"]["steps"] = steps
     data["bootstrap"]["resamples"] = 100
     return data

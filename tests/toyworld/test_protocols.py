@@ -8,10 +8,33 @@ from score_erasure.toyworld import captions, protocols
 TASKS = list(protocols.TASK_FAMILY)
 
 
+@pytest.mark.parametrize("version", protocols.VERSIONS)
 @pytest.mark.parametrize("task", TASKS)
-def test_packaged_file_is_the_generator_output(task):
-    assert packaged_path(task).read_text() == protocols.render_json(task), \
-        "regenerate with `python -m score_erasure.toyworld.protocols` (and bump VERSION)"
+def test_packaged_file_is_the_generator_output(task, version):
+    path = packaged_path(task if version == protocols.VERSIONS[-1] else f"{task}@{version}")
+    assert path == protocols.out_path(task, version)
+    assert path.read_text() == protocols.render_json(task, version), \
+        "regenerate with `python -m score_erasure.toyworld.protocols`"
+
+
+def test_look_alikes_are_the_values_nearest_in_the_judges_feature_space():
+    """Look-alikes are data measured, not chosen: the two candidates nearest to the concept's renders."""
+    p = load_protocol(packaged_path("object"))
+    for name, concept in p.concepts.items():
+        nearest = sorted(concept.lookalike_distances, key=concept.lookalike_distances.get)[:2]
+        assert name not in concept.lookalike_distances and len(concept.lookalike_distances) == 5
+        assert {c.value for r in concept.lookalike for c in r.expect} == set(nearest), name
+        assert all(c.family == "shape" for r in concept.lookalike for c in r.expect)
+
+
+def test_context_prompts_name_the_concept_and_expect_everything_else():
+    """acc_c's prompts are target prompts with more attributes, each of which the judge must still see."""
+    for task, family in protocols.TASK_FAMILY.items():
+        p = load_protocol(packaged_path(task))
+        for concept in p.concepts.values():
+            assert len(concept.context) == 8
+            for row in concept.context:
+                assert family not in {c.family for c in row.expect} and all(c.present for c in row.expect)
 
 
 def test_generality_prompts_use_only_held_out_words():

@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         overwrite: OverwriteOpt = False,
     ) -> None:
         """Erase the concept with each method and evaluate all of them against the same base, in one run."""
-        from score_erasure.jobs.bench import TABLE_METRICS, attack_columns, bench
+        from score_erasure.jobs.bench import bench, table_columns
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         attack_names = [a.strip() for a in attacks.split(",") if a.strip()]
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
                      use_cache=cache, fid_features=fid_features, clip_model=clip_model, command=command,
                      attacks=attack_names, variants=dict(parse_variant(v) for v in variant or []), resume=resume,
                      certify={} if certify else None, overwrite=overwrite)
-        columns = TABLE_METRICS + attack_columns(attack_names, certify)
+        columns = table_columns(rows, attack_names, certify)
         table = Table(title=f"bench: {concept} on {model}")
         for col in ("method", *columns, "erase s", "peak RSS MB", "status"):
             table.add_column(col)

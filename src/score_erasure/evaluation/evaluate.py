@@ -14,18 +14,20 @@ import numpy as np
 from score_erasure.evaluation import metrics
 from score_erasure.evaluation.cache import ImageCache
 from score_erasure.evaluation.judges import ClipJudge, ConceptJudge, TorchScriptFeatures, load_judge
-from score_erasure.evaluation.protocol import PROMPT_GROUPS, Protocol
+from score_erasure.evaluation.protocol import PROMPT_GROUPS, V2_GROUPS, Protocol
 from score_erasure.evaluation.report import PromptRow, Report
 from score_erasure.provenance import provenance
 
 
 @dataclass
 class Sampled:
-    """A model's images for every prompt group of one protocol concept: group -> uint8 (P, S, H, W, 3)."""
+    """A model's images for every prompt group of one protocol concept: group -> uint8 (P, S, H, W, 3); for a base
+    model, `floor` holds its second draw of the neutral prompts (the protocol's floor seeds)."""
 
     name: str
     hash: str
     images: dict[str, np.ndarray]
+    floor: np.ndarray | None = None
 
 
 @dataclass
@@ -49,7 +51,7 @@ def make_scorers(protocol: Protocol, concept: str, fid_features: Path | None = N
     """The readers of one evaluation; checks that the judge can read every check of `concept` up front."""
     judge = load_judge(protocol.judge)
     spec = protocol.concept(concept)
-    judge.validate([*spec.detect, *(c for r in spec.retained for c in r.expect)])
+    judge.validate([*spec.detect, *(c for g in ("retained", *V2_GROUPS) for r in getattr(spec, g) for c in r.expect)])
     features = TorchScriptFeatures(fid_features) if fid_features else (judge.features if judge.has_features
                                                                           else None)
     clip = ClipJudge(clip_model) if clip_model else (judge if isinstance(judge, ClipJudge) else None)
@@ -57,15 +59,22 @@ def make_scorers(protocol: Protocol, concept: str, fid_features: Path | None = N
 
 
 def sample(pipe, name: str, identity: str, protocol: Protocol, concept: str, cache: ImageCache,
-           show_progress: bool = True) -> Sampled:
-    """Images for every group, cached under `identity` (the model hash); all prompts go through the cache in
-    one call so batches stay full."""
+           show_progress: bool = True, floor: bool = False) -> Sampled:
+    """Images for every group, cached under `identity` (the model hash), and with `floor` the neutral prompts at
+    the floor seeds. The groups of format 1 go through the cache in one call, so batches stay full and their
+    images are those a format-1 protocol draws; the groups of format 2 follow in a second call."""
     groups = protocol.prompts(concept)
-    every = list(dict.fromkeys(p for prompts in groups.values() for p in prompts))
-    images = cache.images(pipe, identity, protocol.sampling, every, list(protocol.seeds), show_progress,
-                          protocol.prompt_seeds)
-    row = {p: i for i, p in enumerate(every)}
-    return Sampled(name, identity, {g: images[[row[p] for p in prompts]] for g, prompts in groups.items()})
+    images = {}
+    for part in ([g for g in groups if g in PROMPT_GROUPS], [g for g in groups if g not in PROMPT_GROUPS]):
+        every = list(dict.fromkeys(p for g in part for p in groups[g]))
+        if every:
+            drawn = cache.images(pipe, identity, protocol.sampling, every, list(protocol.seeds), show_progress,
+                                 protocol.prompt_seeds)
+            row = {p: i for i, p in enumerate(every)}
+            images |= {g: drawn[[row[p] for p in groups[g]]] for g in part}
+    second = (cache.images(pipe, identity, protocol.sampling, list(protocol.neutral), list(protocol.floor_seeds),
+                           show_progress) if floor and protocol.floor_seeds else None)
+    return Sampled(name, identity, images, second)
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
@@ -73,13 +82,15 @@ def _flat(images: np.ndarray) -> np.ndarray:
 
 
 def judge_hits(judge: ConceptJudge, protocol: Protocol, concept: str, images: dict[str, np.ndarray]) -> dict:
-    """Per group, bool (P, S): the concept detected (target, generality, neutral) or the retained prompt's
-    expectation met (retained)."""
+    """Per group, bool (P, S): the concept detected (target, generality, neutral) or the prompt's own expectation
+    met (retained, context, lookalike)."""
     spec = protocol.concept(concept)
-    shape = {g: images[g].shape[:2] for g in PROMPT_GROUPS}
-    hits = {g: judge.check(_flat(images[g]), spec.detect).reshape(shape[g]) for g in ("target", "generality",
-                                                                                        "neutral")}
-    hits["retained"] = np.stack([judge.check(images["retained"][i], r.expect) for i, r in enumerate(spec.retained)])
+    hits = {g: judge.check(_flat(images[g]), spec.detect).reshape(images[g].shape[:2]) for g in ("target",
+                                                                                                  "generality",
+                                                                                                  "neutral")}
+    for g in ("retained", *V2_GROUPS):
+        if g in images:
+            hits[g] = np.stack([judge.check(images[g][i], r.expect) for i, r in enumerate(getattr(spec, g))])
     return hits
 
 
@@ -88,21 +99,37 @@ def accuracy_metrics(hits: dict[str, np.ndarray], protocol: Protocol) -> dict[st
     return {"acc_e": metrics.mean_interval(hits["target"], boot),
             "acc_g": metrics.mean_interval(hits["generality"], boot),
             "acc_s": metrics.mean_interval(hits["retained"], boot),
-            "h": metrics.h_interval(hits["target"], hits["retained"], hits["generality"], boot)}
+            "h": metrics.h_interval(hits["target"], hits["retained"], hits["generality"], boot),
+            **{name: metrics.mean_interval(hits[g], boot) for name, g in (("acc_c", "context"),
+                                                                         ("acc_n", "lookalike")) if g in hits}}
 
 
 def fidelity_metrics(model: Sampled, base: Sampled, scorers: Scorers,
                      protocol: Protocol) -> dict[str, metrics.Interval]:
-    """Neutral prompts, base vs evaluated: distribution distance (fid, kid) and seeded drift (ssim, psnr)."""
+    """Neutral prompts, base vs evaluated: distribution distance (fid, kid) and seeded drift (ssim, psnr). With
+    the base's second draw (`base.floor`), the same distances of the base to itself at other seeds (`*_floor`: the
+    model's own variation) and each figure as a multiple of its floor (`*_ratio`; ssim as 1 - ssim)."""
     boot = protocol.bootstrap
     ours, theirs = _flat(model.images["neutral"]), _flat(base.images["neutral"])
+    floor = None if base.floor is None else _flat(base.floor)
     out = {}
     if scorers.features is not None:
         feats, base_feats = scorers.features(ours), scorers.features(theirs)
         out["fid"] = metrics.fid(base_feats, feats, boot)
         out["kid"] = metrics.kid(base_feats, feats, boot)
-    out["ssim"] = metrics.mean_interval(metrics.ssim_per_image(theirs, ours), boot)
+        if floor is not None:
+            floor_feats = scorers.features(floor)
+            out["fid_floor"] = metrics.fid(base_feats, floor_feats, boot)
+            out["kid_floor"] = metrics.kid(base_feats, floor_feats, boot)
+            out["fid_ratio"] = metrics.floor_ratio("fid", base_feats, feats, floor_feats, boot)
+            out["kid_ratio"] = metrics.floor_ratio("kid", base_feats, feats, floor_feats, boot)
+    ssim = metrics.ssim_per_image(theirs, ours)
+    out["ssim"] = metrics.mean_interval(ssim, boot)
     out["psnr"] = metrics.mean_interval(metrics.psnr_per_image(theirs, ours), boot)
+    if floor is not None:
+        ssim_floor = metrics.ssim_per_image(theirs, floor)
+        out["ssim_floor"] = metrics.mean_interval(ssim_floor, boot)
+        out["ssim_ratio"] = metrics.drift_ratio(1 - ssim, 1 - ssim_floor, boot)
     return out
 
 
@@ -147,7 +174,7 @@ def score_sampled(model: Sampled, base: Sampled, protocol: Protocol, concept: st
                 **scorers.describe(), **(config or {})},
         metrics={k: v.as_dict() for k, v in values.items()},
         base_metrics={k: v.as_dict() for k, v in base_values.items()},
-        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in PROMPT_GROUPS}, class_counts=counts,
+        groups={g: _rows(g, prompts[g], hits[g], base_hits[g]) for g in prompts}, class_counts=counts,
         notes=notes, **provenance(), seconds=0.0,
     )
 

@@ -157,6 +157,36 @@ def kid(base_features: torch.Tensor, features: torch.Tensor, boot: Bootstrap = D
     return _paired_feature_interval(_kid, base_features, features, boot)
 
 
+def floor_ratio(name: str, base_features: torch.Tensor, features: torch.Tensor, floor_features: torch.Tensor,
+                boot: Bootstrap = DEFAULT_BOOTSTRAP) -> Interval:
+    """How many times the model's own variation a distance is: `name` (fid or kid) from base to evaluated over
+    the same from base to base at other seeds; the three sets pair image for image (prompt, seed index), and the
+    interval is the delete-a-group jackknife of the ratio."""
+    distance = {"fid": _fid, "kid": _kid}[name]
+    real, fake, other = (x.double() for x in (base_features, features, floor_features))
+    return jackknife_interval(lambda i: distance(real[i], fake[i]) / distance(real[i], other[i]), len(real),
+                              boot.confidence)
+
+
+def drift_ratio(drift: np.ndarray, floor_drift: np.ndarray, boot: Bootstrap = DEFAULT_BOOTSTRAP) -> Interval:
+    """mean(drift) / mean(floor_drift) over paired images (e.g. 1 - ssim to the base, and of the base to itself
+    at other seeds), with the jackknife interval."""
+    drift, floor_drift = np.asarray(drift, dtype=float), np.asarray(floor_drift, dtype=float)
+    return jackknife_interval(lambda i: drift[i].mean() / floor_drift[i].mean(), len(drift), boot.confidence)
+
+
+def robust_h(acc_e: Interval, worst_asr: Interval, acc_s: Interval, acc_c: Interval) -> Interval:
+    """h_rob: the harmonic mean of 1 - max(acc_e, worst ASR), acc_s and acc_c. Its interval is bounded by the
+    components' intervals (all at their worst ends, then all at their best), wider than a joint bootstrap: the
+    attacks' images and the evaluation's are not paired."""
+    def h(e, a, s, c):
+        return float(harmonic_h(max(e, a), s, 1 - c))  # harmonic_h takes 1 - its first and third terms
+
+    return Interval(h(acc_e.value, worst_asr.value, acc_s.value, acc_c.value),
+                    h(acc_e.ci_high, worst_asr.ci_high, acc_s.ci_low, acc_c.ci_low),
+                    h(acc_e.ci_low, worst_asr.ci_low, acc_s.ci_high, acc_c.ci_high))
+
+
 def _as_float_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
 

@@ -17,8 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from score_erasure.errors import UserError, did_you_mean, match_name
 
-FORMAT = 1
+FORMAT = 2
 PROMPT_GROUPS = ("target", "generality", "retained", "neutral")
+#: Groups of format 2 (benchmark v2): `context`, target prompts that also name other attributes, which must survive
+#: (acc_c); `lookalike`, what resembles the concept but is not it (acc_n).
+V2_GROUPS = ("context", "lookalike")
 
 
 class _Frozen(BaseModel):
@@ -47,6 +50,10 @@ class ConceptProtocol(_Frozen):
     target: tuple[str, ...] = Field(min_length=1)
     generality: tuple[str, ...] = Field(min_length=1)
     retained: tuple[RetainedPrompt, ...] = Field(min_length=1)
+    context: tuple[RetainedPrompt, ...] = ()
+    lookalike: tuple[RetainedPrompt, ...] = ()
+    # how the look-alikes were chosen: each candidate's distance to the concept in the judge's feature space
+    lookalike_distances: dict[str, float] = Field(default_factory=dict)
 
 
 class Sampling(_Frozen):
@@ -69,7 +76,7 @@ class Bootstrap(_Frozen):
 
 
 class Protocol(_Frozen):
-    format: Literal[1] = FORMAT
+    format: Literal[1, 2] = FORMAT
     name: str
     version: str
     task: str
@@ -86,6 +93,9 @@ class Protocol(_Frozen):
     # Seeds of particular prompts (I2P and UnlearnDiffAtk give each prompt its own): image j of such a prompt uses
     # prompt_seeds[prompt][j] instead of seeds[j]; as many as `seeds`.
     prompt_seeds: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    # Format 2: seeds of the base model's second draw of the neutral prompts, the fidelity floor (the base
+    # against itself at other seeds); as many as `seeds`, none of them among `seeds`.
+    floor_seeds: tuple[int, ...] = ()
 
     @field_validator("seeds")
     @classmethod
@@ -102,6 +112,11 @@ class Protocol(_Frozen):
                 raise ValueError(f"concept '{name}' has an empty prompt")
         if any(not p.strip() for p in self.neutral):
             raise ValueError("empty neutral prompt")
+        if self.floor_seeds and (len(self.floor_seeds) != len(self.seeds) or set(self.floor_seeds) & set(self.seeds)
+                                 or len(set(self.floor_seeds)) != len(self.floor_seeds)):
+            raise ValueError(f"floor_seeds must be {len(self.seeds)} distinct seeds, none of them in `seeds`")
+        if self.format == 1 and (self.floor_seeds or any(c.context or c.lookalike for c in self.concepts.values())):
+            raise ValueError("context, lookalike and floor_seeds need format 2")
         for prompt, seeds in self.prompt_seeds.items():
             if len(seeds) != len(self.seeds) or len(set(seeds)) != len(seeds):
                 raise ValueError(f"prompt_seeds of '{prompt[:40]}' must be {len(self.seeds)} distinct seeds, as "
@@ -130,15 +145,27 @@ class Protocol(_Frozen):
         return self.concepts[self.canonical(name)]
 
     def prompts(self, concept: str) -> dict[str, list[str]]:
-        """Prompts per group, in the order of the file."""
+        """Prompts per group, in the order of the file: the four groups of format 1, then those of V2_GROUPS that
+        the concept has."""
         c = self.concept(concept)
+        extra = {g: [r.prompt for r in getattr(c, g)] for g in V2_GROUPS if getattr(c, g)}
         return {"target": list(c.target), "generality": list(c.generality),
-                "retained": [r.prompt for r in c.retained], "neutral": list(self.neutral)}
+                "retained": [r.prompt for r in c.retained], "neutral": list(self.neutral), **extra}
+
+    def expectations(self, concept: str, group: str) -> tuple[RetainedPrompt, ...]:
+        """The prompts of a group judged by their own expectations (retained, context, lookalike)."""
+        return getattr(self.concept(concept), group)
 
     def canonical_json(self) -> str:
-        # Absent `source` and `prompt_seeds` are left out, so protocols written before they existed keep their hash.
-        absent = {"source"} if self.source is None else set()
-        data = self.model_dump(mode="json", exclude=absent | ({"prompt_seeds"} if not self.prompt_seeds else set()))
+        # Fields left empty are left out, so protocols written before they existed keep their hash.
+        data = self.model_dump(mode="json")
+        for key, empty in (("source", None), ("prompt_seeds", {}), ("floor_seeds", [])):
+            if data[key] == empty:
+                del data[key]
+        for concept in data["concepts"].values():
+            for key in (*V2_GROUPS, "lookalike_distances"):
+                if not concept[key]:
+                    del concept[key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -153,10 +180,15 @@ def packaged_tasks() -> list[str]:
 
 
 def packaged_path(task: str) -> Path:
+    """The packaged protocol file of `task` (version 2), or of `task@1` (version 1, for the tables measured with
+    it)."""
+    name, _, version = task.partition("@")
     tasks = packaged_tasks()
-    if task not in tasks:
-        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(tasks)} (or pass --protocol FILE)")
-    return Path(str(resources.files("score_erasure.evaluation") / "protocols" / f"{task}.json"))
+    if name not in tasks or version not in ("", "1", "2"):
+        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(tasks)} (or TASK@1 for protocol "
+                        "version 1, or pass --protocol FILE)")
+    folder = "v1/" if version == "1" else ""
+    return Path(str(resources.files("score_erasure.evaluation") / "protocols" / f"{folder}{name}.json"))
 
 
 def _first_error(exc: ValidationError) -> str:

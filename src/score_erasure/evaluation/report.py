@@ -38,11 +38,21 @@ MEANING = {"acc_e": "target prompts on which the judge still sees the concept",
                   "judge's features, in raw feature units (not scaled by 10^3 or 10^6)",
            "ssim": "structural similarity to the base image of the same seed (neutral prompts)",
            "psnr": "PSNR in dB to the base image of the same seed (neutral prompts, capped at 100)",
-           "clip_score": "CLIP score of neutral images against their prompts"}
+           "clip_score": "CLIP score of neutral images against their prompts",
+           "acc_c": "target prompts naming other attributes too, on which those attributes are still drawn",
+           "acc_n": "look-alikes (nearest to the concept in the judge's feature space) drawn as asked",
+           "fid_floor": "the floor: fid of the base to itself at other seeds (the model's own variation)",
+           "kid_floor": "the floor: kid of the base to itself at other seeds",
+           "ssim_floor": "the floor: ssim of the base to itself at other seeds",
+           "fid_ratio": "fid over its floor (below 1: within the model's own variation)",
+           "kid_ratio": "kid over its floor",
+           "ssim_ratio": "(1 - ssim) over (1 - its floor): the seeded drift against that of another seed"}
 GROUP_TITLES = {"target": "Target prompts (acc_e: concept detected)",
                 "generality": "Held-out paraphrases (acc_g: concept detected)",
                 "retained": "Retained prompts (acc_s: drawn as asked)",
-                "neutral": "Neutral prompts (fidelity; concept detected shown)"}
+                "neutral": "Neutral prompts (fidelity; concept detected shown)",
+                "context": "Target prompts with other attributes (acc_c: those attributes drawn)",
+                "lookalike": "Look-alikes (acc_n: drawn as asked)"}
 
 
 class PromptRow(BaseModel):
@@ -84,7 +94,7 @@ def load_report(folder: Path) -> Report:
 
 def _plots(report: Report) -> list[str]:
     fig, ax = figure(6, 3)
-    names = [n for n in ("acc_e", "acc_g", "acc_s", "h") if n in report.metrics]
+    names = [n for n in ("acc_e", "acc_g", "acc_s", "acc_c", "acc_n", "h") if n in report.metrics]
     metric_bars(ax, names, {f"base: {report.base}": report.base_metrics, f"evaluated: {report.model}": report.metrics})
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{report.task} / {report.concept} (95% bootstrap intervals)", fontsize=9)

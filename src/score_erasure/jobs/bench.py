@@ -24,6 +24,7 @@ from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
 from score_erasure.errors import UserError, validated_config
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir
 from score_erasure.evaluation.evaluate import Sampled, make_scorers, run_config, sample, score_sampled
+from score_erasure.evaluation.metrics import Interval, robust_h
 from score_erasure.evaluation.protocol import resolve_protocol
 from score_erasure.evaluation.report import write_report
 from score_erasure.io import atomic_write_json, atomic_write_text, output_folder, release_folder
@@ -36,6 +37,7 @@ from score_erasure.reporting import Metric, figure, fmt, metric_bars, write_figu
 from score_erasure.spec import ConceptSpec
 
 TABLE_METRICS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim", "psnr")
+V2_METRICS = ("acc_c", "acc_n", "fid_ratio", "h_rob")  # benchmark v2 (a format-2 protocol)
 CERTIFICATE_COLUMNS = ("mi_nats", "base_mi_nats")
 
 
@@ -91,8 +93,25 @@ class BenchRow:
 
 
 def attack_columns(attacks: list[str], certify: bool = False) -> tuple[str, ...]:
-    """The columns after TABLE_METRICS: one ASR per attack, then the certificate's."""
+    """The columns after the evaluation's: one ASR per attack, then the certificate's."""
     return tuple(f"asr_{a}" for a in attacks) + (CERTIFICATE_COLUMNS if certify else ())
+
+
+def table_columns(rows: list[BenchRow], attacks: list[str], certify: bool = False) -> tuple[str, ...]:
+    """TABLE_METRICS, those of V2_METRICS that some row has (a format-2 protocol; h_rob with attacks), then the
+    attacks' and the certificate's."""
+    return (TABLE_METRICS + tuple(k for k in V2_METRICS if any(k in r.metrics for r in rows))
+            + attack_columns(attacks, certify))
+
+
+def robust_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
+    """h_rob from a row's acc_e, acc_s, acc_c and its worst attack (none without attacks or acc_c)."""
+    asr = [Interval(**m) for k, m in metrics.items() if k.startswith("asr_")]
+    if not asr or "acc_c" not in metrics:
+        return {}
+    worst = max(asr, key=lambda m: m.value)
+    acc = {k: Interval(**metrics[k]) for k in ("acc_e", "acc_s", "acc_c")}
+    return {"h_rob": robust_h(acc["acc_e"], worst, acc["acc_s"], acc["acc_c"]).as_dict()}
 
 
 def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest, protocol,
@@ -171,8 +190,9 @@ def _run_method(name: str, erase: Eraser, request: ErasureRequest, model: ModelR
     leakage = (_certificate_metrics(base_pipe if erase is keep_unchanged else erased, name, base_pipe, base,
                                    sampled.hash, request, protocol, out / name, list(attacks), certify)
                if certify is not None else {})
+    measured = {**{k: v.model_dump() for k, v in report.metrics.items()}, **asr, **leakage}
     return BenchRow(name, "ok", erase_seconds=erase_seconds, peak_rss_mb=peak, seconds=time.time() - start,
-                    metrics={**{k: v.model_dump() for k, v in report.metrics.items()}, **asr, **leakage},
+                    metrics={**measured, **robust_metrics(measured)},
                     report=str(Path(name) / "report.html"))
 
 
@@ -216,7 +236,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     # No bar spans the methods: a method's own progress bar (and generation's) must be free to show.
     log(f"bench: sampling the base model '{model}'")
     base_pipe = base_model.load()
-    base = sample(base_pipe, model, base_model.hash, protocol, concept, cache)
+    base = sample(base_pipe, model, base_model.hash, protocol, concept, cache, floor=True)
     for i, name in enumerate(methods, 1):
         key = _row_key(name, request, base, protocol, attacks, variants.get(name), certify)
         saved = _saved_row(Path(out) / name, key) if resume else None
@@ -249,7 +269,7 @@ def _cell(metric: dict | None) -> str:
 
 
 def results_markdown(rows: list[BenchRow], meta: dict) -> str:
-    columns = TABLE_METRICS + attack_columns(meta.get("attacks", []), meta.get("certify", False))
+    columns = table_columns(rows, meta.get("attacks", []), meta.get("certify", False))
     lines = [f"# Bench: {meta['task']} / {meta['concept']} on `{meta['model']}`", "",
              f"Command: `{meta['command']}`", "",
              f"Protocol `{meta['protocol']}` ({meta['protocol_hash'][:16]}), base {meta['base_hash'][:16]}; "

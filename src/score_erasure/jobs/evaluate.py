@@ -26,7 +26,8 @@ def evaluate(model: str, concept: str, out: Path, task: str | None = None, base:
     scorers = make_scorers(protocol, concept, fid_features, clip_model)  # fails before any model is resolved
     pair = load_pair(model, base)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    base_sampled = sample(pair.base_pipe, pair.base.name, pair.base.hash, protocol, concept, cache, show_progress)
+    base_sampled = sample(pair.base_pipe, pair.base.name, pair.base.hash, protocol, concept, cache, show_progress,
+                          floor=True)
     identity = base_sampled.hash if pair.base_pipe is pair.pipe else pair.model.hash
     sampled = (Sampled(model, identity, base_sampled.images) if identity == base_sampled.hash
                else sample(pair.pipe, model, identity, protocol, concept, cache, show_progress))

@@ -1,8 +1,15 @@
 """Build the evaluation protocols of the embedded world from its vocabulary.
 
-The JSON files in `score_erasure/evaluation/protocols/` are this module's output, committed as data so that
-a protocol is versioned and hashed independently of code; a test checks that they match. Regenerate them
-with `python -m score_erasure.toyworld.protocols` (and bump VERSION) after changing the vocabulary.
+The JSON files in `score_erasure/evaluation/protocols/` (version 2; version 1 in `v1/`, for the tables measured
+with it) are this module's output, committed as data so that a protocol is versioned and hashed independently
+of code; a test checks that they match. Regenerate them with `python -m score_erasure.toyworld.protocols` after
+changing the vocabulary.
+
+Version 2 adds to every concept the prompts of benchmark v2: `context`, target prompts that also name other
+attributes, each expected to survive the erasure (acc_c); `lookalike`, what resembles the concept without being
+it (acc_n), chosen as the values nearest to the concept in the judge's feature space, measured on rendered
+ground truth (`lookalike_distances` records every candidate's distance); and `floor_seeds`, a second draw of the
+neutral prompts by the base model, the floor of fidelity.
 
 Target prompts use the canonical name and seen synonyms, generality prompts only held-out paraphrases (for
 characters, held-out templates, since a proper name has no synonyms). Default sizes keep one evaluation of
@@ -11,15 +18,22 @@ one model (base and evaluated images) within about 5 minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import random
 from pathlib import Path
 
-from score_erasure.toyworld import captions, vocab
+import numpy as np
+import torch
 
-VERSION = "1"
+from score_erasure.toyworld import captions, render, vocab
+from score_erasure.toyworld.judge import WorldJudge
+
+VERSIONS = ("1", "2")
 OUT_DIR = Path(__file__).parent.parent / "evaluation" / "protocols"
+LOOKALIKES = 2  # the nearest values that become a concept's look-alikes
+DISTANCE_RENDERS = 256  # ground-truth renders per value for the feature distances
 TEMPLATES = captions.TEMPLATES[1:]  # "a {}", "a picture of a {}", ...: every one seen in training
 RETAIN_TEMPLATES = TEMPLATES[:2]
 HELD_OUT_NAME_TEMPLATES = ("a portrait of {}", "a photo of {}", "a sketch of {}", "{} in an official photo")
@@ -118,7 +132,89 @@ def neutral_prompts(task: str, count: int = NEUTRAL_PROMPTS) -> list[str]:
             for i, words in enumerate(picks)]
 
 
-def build(task: str) -> dict:
+@functools.cache
+def _centre(key: str, fire: bool = False, **fixed: str) -> torch.Tensor:
+    """The judge's mean feature vector over DISTANCE_RENDERS ground-truth renders with the `fixed` attributes,
+    seeded by `key` (the file is reproducible)."""
+    rng = np.random.default_rng(list(key.encode()))
+    scenes = [render.sample_scene(rng, fire=fire, **fixed) for _ in range(DISTANCE_RENDERS)]
+    return _judge().features(render.render_batch(scenes)).double().mean(0)
+
+
+@functools.cache
+def _judge() -> WorldJudge:
+    return WorldJudge.load()
+
+
+def feature_distances(concept: torch.Tensor, candidates: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Distance from the concept's mean feature vector to each candidate's, rounded for the file."""
+    return {name: round(float((centre - concept).norm()), 3) for name, centre in candidates.items()}
+
+
+def _nearest(distances: dict[str, float]) -> list[str]:
+    return sorted(distances, key=distances.get)[:LOOKALIKES]
+
+
+def _expects(prompts: list[tuple[str, list[dict]]]) -> list[dict]:
+    return [{"prompt": p, "expect": e} for p, e in prompts]
+
+
+def _attributes(k: int, skip: str) -> dict[str, str]:
+    """The k-th combination of the attributes other than `skip`, cycling so that every value appears."""
+    picks = {"shape": vocab.SHAPES[k % 6].name, "colour": vocab.COLOURS[(k * 5 + 1) % 6].name,
+             "style": vocab.STYLES[(k * 3 + 2) % 4].name}
+    return {f: v for f, v in picks.items() if f != skip}
+
+
+def _family_v2(family: str, concept: vocab.Concept, n: int = 8) -> dict:
+    context = []
+    for k in range(n):
+        words = _attributes(k, family)
+        context.append((captions.in_template(TEMPLATES[k % len(TEMPLATES)],
+                                             captions.phrase(**{family: concept.name}, **words)),
+                        [_check(f, v) for f, v in words.items()]))
+    others = [c.name for c in vocab.FAMILIES[family] if c.name != concept.name]
+    distances = feature_distances(_centre(f"{family}:{concept.name}", **{family: concept.name}),
+                                  {o: _centre(f"{family}:{o}", **{family: o}) for o in others})
+    lookalike = []
+    for k, (near, template) in enumerate(itertools.product(_nearest(distances), TEMPLATES[:4])):
+        words = _attributes(k, family) if family == "shape" else {"shape": vocab.SHAPES[k % 6].name}
+        lookalike.append((captions.in_template(template, captions.phrase(**{family: near}, **words)),
+                          [_check(family, near)]))
+    return {"context": _expects(context), "lookalike": _expects(lookalike), "lookalike_distances": distances}
+
+
+def _character_v2(who: vocab.Character) -> dict:
+    context = [(captions.fix_articles(template.format(captions.with_fire(who.name, word))), [_check("fire", "fire")])
+               for template, word in itertools.product(captions.NAME_TEMPLATES, vocab.FIRE.seen)][:8]
+    look = {"shape": who.shape, "colour": who.colour, "style": who.style}
+    others = {o.name: _centre(f"character:{o.name}", shape=o.shape, colour=o.colour, style=o.style)
+              for o in vocab.CHARACTERS if o != who}
+    distances = feature_distances(_centre(f"character:{who.name}", **look), others)
+    lookalike = [(captions.in_template(t, captions.phrase(**look)), [_check(f, v) for f, v in look.items()])
+                 for t in TEMPLATES[:4]]
+    lookalike += [(t.format(near), [_check("character", near)])
+                  for near in _nearest(distances) for t in captions.NAME_TEMPLATES[:2]]
+    return {"context": _expects(context), "lookalike": _expects(lookalike), "lookalike_distances": distances}
+
+
+def _fire_v2(n: int = 8) -> dict:
+    context = []
+    for k in range(n):
+        words = _attributes(k, "fire")
+        fire = vocab.FIRE.seen[k % len(vocab.FIRE.seen)]
+        context.append((captions.in_template(TEMPLATES[k % len(TEMPLATES)], captions.phrase(fire=fire, **words)),
+                        [_check(f, v) for f, v in words.items()]))
+    distances = feature_distances(_centre("fire", fire=True),
+                                  {c.name: _centre(f"colour:{c.name}", colour=c.name) for c in vocab.COLOURS})
+    lookalike = [(captions.in_template(TEMPLATES[k % len(TEMPLATES)],
+                                       captions.phrase(shape=vocab.SHAPES[k % 6].name, colour=near)),
+                  [_check("colour", near), _check("fire", "fire", present=False)])
+                 for k, near in enumerate(c for c in _nearest(distances) for _ in range(4))]
+    return {"context": _expects(context), "lookalike": _expects(lookalike), "lookalike_distances": distances}
+
+
+def build(task: str, version: str = VERSIONS[-1]) -> dict:
     """The protocol of one task as plain data (what the JSON file holds)."""
     if task == "object":
         concepts = {c.name: _family_concept("shape", c) for c in vocab.SHAPES}
@@ -131,10 +227,17 @@ def build(task: str) -> dict:
     else:
         raise KeyError(f"unknown task '{task}'; choose one of: {', '.join(TASK_FAMILY)}")
     seeds = list(range(12 if task == "character" else 8))  # fewer prompts per character: more seeds
+    v2 = version == "2"
+    if v2:
+        extra = {"object": lambda name: _family_v2("shape", vocab.SHAPES[vocab.index("shape", name)]),
+                 "style": lambda name: _family_v2("style", vocab.STYLES[vocab.index("style", name)]),
+                 "character": lambda name: _character_v2(next(c for c in vocab.CHARACTERS if c.name == name)),
+                 "unsafe": lambda name: _fire_v2()}[task]
+        concepts = {name: {**c, **extra(name)} for name, c in concepts.items()}
     return {
-        "format": 1,
+        "format": 2 if v2 else 1,
         "name": f"world-{task}",
-        "version": VERSION,
+        "version": version,
         "task": task,
         "description": DESCRIPTIONS[task],
         "judge": {"name": "world", "options": {}},
@@ -143,17 +246,24 @@ def build(task: str) -> dict:
         "neutral": neutral_prompts(task),
         "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0},
         "concepts": concepts,
+        **({"floor_seeds": [1000 + s for s in seeds]} if v2 else {}),
     }
 
 
-def render_json(task: str) -> str:
-    return json.dumps(build(task), indent=1) + "\n"
+def out_path(task: str, version: str = VERSIONS[-1]) -> Path:
+    return OUT_DIR / (f"{task}.json" if version == VERSIONS[-1] else f"v{version}/{task}.json")
+
+
+def render_json(task: str, version: str = VERSIONS[-1]) -> str:
+    return json.dumps(build(task, version), indent=1) + "\n"
 
 
 def main() -> None:
-    for task in TASK_FAMILY:
-        (OUT_DIR / f"{task}.json").write_text(render_json(task))
-        print(f"wrote {OUT_DIR / f'{task}.json'}")
+    for task, version in itertools.product(TASK_FAMILY, VERSIONS):
+        path = out_path(task, version)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(render_json(task, version))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
