@@ -64,3 +64,28 @@ def test_the_probe_sees_an_overflow(tmp_path):
     wide = tmp_path / "wide.html"
     wide.write_text(f'<html><body><div style="width: {WIDTH + 400}px">x</div></body></html>')
     assert page_width(wide) > WIDTH
+
+
+def test_the_leaderboard_page_fits_a_1280_pixel_window(tmp_path):
+    """The widest page: every method, task and column of benchmark v2, and the many-concepts table."""
+    from score_erasure.jobs.leaderboard_page import leaderboard_html
+    from score_erasure.provenance import provenance
+
+    methods = ["none", "score", "score-robust", "ant", "esd-x", "esd-u", "esd", "uce", "dve"]
+    columns = ["acc_e", "acc_g", "acc_s", "acc_c", "acc_n", "h", "h_rob", "fid", "fid_ratio", "asr_unlearndiff",
+               "asr_inversion", "mi_nats"]
+    metric = {"value": 0.123456, "ci_low": 0.012345, "ci_high": 0.987654}
+    rows = [{"method": m, "status": "ok", "error": None, "seconds": 812.4,
+             "metrics": {c: metric for c in columns}} for m in methods]
+    curves = [{"method": m, "k": k, "concepts": ["star", "Zorblat", "striped", "red", "circle", "Mirelda",
+                                                 "checkered", "blue", "heart", "Quenby", "outlined", "green"][:k],
+               "status": "ok", "error": None, "erase_seconds": 140.0, "seconds": 200.0,
+               "metrics": {n: metric for n in ("acc_e", "acc_s", "fid", "base_acc_e")}}
+              for m in methods[1:] for k in (1, 2, 4, 8, 12)]
+    record = {"command": "score leaderboard --out runs/leaderboard --docs docs/results.md", "model": "embedded",
+              "methods": methods[1:], "attacks": ["unlearndiff", "inversion"], "certify": True, "seconds": 1234.0,
+              "tasks": {t: rows for t in ("object/star", "style/striped", "character/Zorblat", "unsafe/fire")},
+              "curves": curves, **provenance()}
+    page = tmp_path / "leaderboard.html"
+    page.write_text(leaderboard_html(record))
+    assert page_width(page) <= WIDTH

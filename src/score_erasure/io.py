@@ -25,9 +25,10 @@ _held: set[Path] = set()
 #: checkpoint while it trains). A folder holding any of them is written into again only when the user says how.
 RUN_FILES = {"erase": ("erase.json", "checkpoint.safetensors"), "evaluate": ("report.json",),
              "attack": ("report.json",), "certify": ("report.json",), "bench": ("results.json",),
-             "generate": ("generate.json",), "train": ("train.json",), "merge": ("model_index.json",)}
+             "generate": ("generate.json",), "train": ("train.json",), "merge": ("model_index.json",),
+             "leaderboard": ("leaderboard.json",)}
 
-RESUMABLE = ("erase", "attack", "bench", "train")
+RESUMABLE = ("erase", "attack", "bench", "train", "leaderboard")
 
 
 def output_folder(path: Path, kind: str, *, resume: bool = False, overwrite: bool = False) -> Path:

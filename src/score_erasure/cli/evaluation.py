@@ -132,6 +132,46 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print(f"results: {out / 'results.md'}")
 
+    @app.command("leaderboard")
+    def leaderboard_cmd(
+        out: Annotated[Path, typer.Option(help="Folder: one bench folder per task, many/, leaderboard.md, "
+                                               ".json and .html. A rerun keeps every finished row.")],
+        methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: every method of the "
+                                                         "registry; `none`, the model itself, is always a row).")]
+        = None,
+        model: ModelOpt = "embedded",
+        tasks: Annotated[str, typer.Option(help="Comma-separated TASK/CONCEPT pairs.")]
+        = "object/star,style/striped,character/Zorblat,unsafe/fire",
+        attacks: Annotated[str, typer.Option(help="Comma-separated attacks: an ASR column each, and h_rob.")]
+        = "unlearndiff,inversion",
+        certify: Annotated[bool, typer.Option(help="Each row's leakage certificate (mi_nats).")] = True,
+        sets: Annotated[str, typer.Option(help="Sizes of the many-concepts curve ('' to skip it).")] = "1,2,4,8,12",
+        docs: Annotated[Path | None, typer.Option(help="Also write the tables into this markdown file, between "
+                                                       "its leaderboard markers (docs/results.md).")] = None,
+        cache_dir: CacheDirOpt = None,
+        cache: CacheOpt = True,
+        overwrite: Annotated[bool, typer.Option(help="Recompute every row instead of keeping the finished "
+                                                     "ones.")] = False,
+    ) -> None:
+        """Benchmark v2: every method over every task (acc_c, acc_n, h_rob, the fidelity floor, ASR, leakage) and
+        the many-concepts curve, resumable row by row; writes the tables and an HTML page with plots."""
+        from score_erasure.jobs.leaderboard import leaderboard
+        from score_erasure.methods import METHODS
+
+        # a method that does not run on the model's family is a failed row that says so
+        names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else list(METHODS)
+        suite = []
+        for pair in (t.strip() for t in tasks.split(",") if t.strip()):
+            task, _, concept = pair.partition("/")
+            if not concept:
+                raise UserError(f"--tasks '{pair}': expected TASK/CONCEPT, e.g. object/star")
+            suite.append((task, concept))
+        sizes = tuple(int(k) for k in sets.split(",") if k.strip()) if sets.strip() else ()
+        record = leaderboard(model, names, out, tuple(suite), tuple(a.strip() for a in attacks.split(",") if a.strip()),
+                             certify={} if certify else None, sizes=sizes, cache_dir=cache_dir, use_cache=cache,
+                             overwrite=overwrite, docs=docs, command=shlex.join(["score", *sys.argv[1:]]))
+        console.print(f"{record['seconds']:.0f} s; tables: {out / 'leaderboard.md'}; page: {out / 'leaderboard.html'}")
+
     @app.command("report")
     def report_cmd(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A folder written by `score "
                                                           "evaluate`, `score attack` or `score certify`.")]) -> None:
@@ -142,7 +182,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("protocol")
     def protocol_cmd(
-        task: Annotated[str, typer.Argument(metavar="TASK", help="object, style, character or unsafe.")],
+        task: Annotated[str, typer.Argument(metavar="TASK", help="object, style, character or unsafe (version 2; "
+                                                                 "TASK@1 for version 1).")],
         show: Annotated[bool, typer.Option(help="Print the whole JSON (to copy and edit for --protocol).")] = False,
     ) -> None:
         """Show a packaged protocol: its file, hash, concepts and sizes."""

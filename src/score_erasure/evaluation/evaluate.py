@@ -14,7 +14,7 @@ import numpy as np
 from score_erasure.evaluation import metrics
 from score_erasure.evaluation.cache import ImageCache
 from score_erasure.evaluation.judges import ClipJudge, ConceptJudge, TorchScriptFeatures, load_judge
-from score_erasure.evaluation.protocol import PROMPT_GROUPS, V2_GROUPS, Protocol
+from score_erasure.evaluation.protocol import PROMPT_GROUPS, V2_GROUPS, ConceptSet, Protocol, RetainedPrompt
 from score_erasure.evaluation.report import PromptRow, Report
 from score_erasure.provenance import provenance
 
@@ -90,7 +90,7 @@ def judge_hits(judge: ConceptJudge, protocol: Protocol, concept: str, images: di
                                                                                                   "neutral")}
     for g in ("retained", *V2_GROUPS):
         if g in images:
-            hits[g] = np.stack([judge.check(images[g][i], r.expect) for i, r in enumerate(getattr(spec, g))])
+            hits[g] = expectation_hits(judge, images[g], getattr(spec, g))
     return hits
 
 
@@ -130,6 +130,30 @@ def fidelity_metrics(model: Sampled, base: Sampled, scorers: Scorers,
         ssim_floor = metrics.ssim_per_image(theirs, floor)
         out["ssim_floor"] = metrics.mean_interval(ssim_floor, boot)
         out["ssim_ratio"] = metrics.drift_ratio(1 - ssim, 1 - ssim_floor, boot)
+    return out
+
+
+def expectation_hits(judge: ConceptJudge, images: np.ndarray, rows: tuple[RetainedPrompt, ...]) -> np.ndarray:
+    """bool (P, S): each prompt's images (P, S, H, W, 3) judged by that prompt's own expectations."""
+    return np.stack([judge.check(images[i], r.expect) for i, r in enumerate(rows)])
+
+
+def set_prompts(concept_set: ConceptSet) -> list[str]:
+    """A concept set's prompts, erased then kept (the order `score_set` reads images in)."""
+    return [r.prompt for r in (*concept_set.erased, *concept_set.kept)]
+
+
+def score_set(images: np.ndarray, base_images: np.ndarray, concept_set: ConceptSet, scorers: Scorers,
+              boot) -> dict[str, metrics.Interval]:
+    """One point of the many-concepts curve: acc_e over the erased concepts' prompts, acc_s over the kept ones,
+    fid between base and erased on the kept prompts; `base_acc_e` says whether the base drew the concepts."""
+    n = len(concept_set.erased)
+    out = {"acc_e": metrics.mean_interval(expectation_hits(scorers.judge, images[:n], concept_set.erased), boot),
+           "acc_s": metrics.mean_interval(expectation_hits(scorers.judge, images[n:], concept_set.kept), boot),
+           "base_acc_e": metrics.mean_interval(expectation_hits(scorers.judge, base_images[:n], concept_set.erased),
+                                               boot)}
+    if scorers.features is not None:
+        out["fid"] = metrics.fid(scorers.features(_flat(base_images[n:])), scorers.features(_flat(images[n:])), boot)
     return out
 
 

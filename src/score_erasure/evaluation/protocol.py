@@ -173,6 +173,49 @@ class Protocol(_Frozen):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+class ConceptSet(_Frozen):
+    """Concepts erased together in one run: prompts naming each of them (`erased`, expected *not* drawn: acc_e is
+    the fraction where the expectation still holds) and prompts naming what else the world has (`kept`: acc_s)."""
+
+    concepts: tuple[str, ...] = Field(min_length=1)
+    erased: tuple[RetainedPrompt, ...] = Field(min_length=1)
+    kept: tuple[RetainedPrompt, ...] = Field(min_length=1)
+
+
+class SetsProtocol(_Frozen):
+    """Benchmark v2's many-concepts curve: fixed sets of k concepts across families, each erased in one run."""
+
+    format: Literal[2] = 2
+    name: str
+    version: str
+    description: str = ""
+    judge: JudgeSpec
+    sampling: Sampling = Sampling()
+    seeds: tuple[int, ...] = Field(min_length=2)
+    bootstrap: Bootstrap = Bootstrap()
+    sets: dict[str, ConceptSet] = Field(min_length=1)  # keyed by k
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True,
+                                         separators=(",", ":")).encode()).hexdigest()
+
+
+def packaged_sets_path() -> Path:
+    return Path(str(resources.files("score_erasure.evaluation") / "protocols" / "sets" / "world-many.json"))
+
+
+def load_sets(path: Path | None = None) -> SetsProtocol:
+    """The many-concepts protocol (the packaged one by default); a bad file is a one-line `UserError`."""
+    path = Path(path or packaged_sets_path())
+    try:
+        return SetsProtocol.model_validate_json(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read concept-sets file '{path}': {exc.strerror or exc}") from exc
+    except ValidationError as exc:
+        raise UserError(f"concept-sets file '{path}' is invalid: {_first_error(exc)}") from exc
+
+
 def packaged_tasks() -> list[str]:
     """Tasks with a protocol shipped in the package (`protocols/<task>.json`)."""
     folder = resources.files("score_erasure.evaluation") / "protocols"

@@ -146,12 +146,12 @@ def _row_key(name: str, request: ErasureRequest, base: Sampled, protocol, attack
     """Everything a finished row depends on: a saved row is reused only when all of it is unchanged."""
     return {"method": name, "variant": list(variant) if variant else None, "task": request.task,
             "concept": request.concept, "base_hash": base.hash, "protocol_hash": protocol.hash,
-            "attacks": list(attacks), "config": _method_config(name, variant), "versions": versions(),
+            "attacks": list(attacks), "config": method_config(name, variant), "versions": versions(),
             "compute": compute(),
             **({"certify": certify} if certify is not None else {})}
 
 
-def _method_config(name: str, variant: tuple[str, dict] | None) -> dict | None:
+def method_config(name: str, variant: tuple[str, dict] | None) -> dict | None:
     """The resolved config a row was computed with (defaults included), so that a changed default reruns it."""
     method, overrides = variant if variant else (name, {})
     return METHODS[method].config(overrides).model_dump(mode="json") if method in METHODS else None

@@ -250,6 +250,48 @@ def build(task: str, version: str = VERSIONS[-1]) -> dict:
     }
 
 
+#: The many-concepts curve: the first k of these, drawn across the families, are erased together (nested sets).
+SET_ORDER = ("star", "Zorblat", "striped", "red", "circle", "Mirelda", "checkered", "blue", "heart", "Quenby",
+             "outlined", "green")
+SET_SIZES = (1, 2, 4, 8, 12)
+SETS_VERSION = "1"
+
+
+def _mentions(family: str, value: str) -> list[str]:
+    """Prompts that name one value alone (no other attribute), in the templates training used."""
+    if family == "character":
+        return [t.format(value) for t in captions.NAME_TEMPLATES]
+    noun = value if family == "shape" else captions.phrase(**{family: value})
+    return [captions.in_template(t, noun) for t in TEMPLATES[:4]]
+
+
+def build_sets() -> dict:
+    """The many-concepts protocol: for each k, the first k of SET_ORDER with four prompts each (acc_e), and two
+    prompts for every other shape, colour, style and character (acc_s, and fid between base and erased)."""
+    values = [(f, c.name) for f in ("shape", "colour", "style") for c in vocab.FAMILIES[f]]
+    values += [("character", c.name) for c in vocab.CHARACTERS]
+    family = dict((v, f) for f, v in values)
+    sets = {}
+    for k in SET_SIZES:
+        erased = SET_ORDER[:k]
+        sets[str(k)] = {
+            "concepts": list(erased),
+            "erased": _expects([(p, [_check(family[c], c)]) for c in erased for p in _mentions(family[c], c)]),
+            "kept": _expects([(p, [_check(f, v)]) for f, v in values if v not in erased
+                              for p in _mentions(f, v)[:2]]),
+        }
+    return {"format": 2, "name": "world-many", "version": SETS_VERSION,
+            "description": "Many concepts at once: the first k of a fixed list across shapes, characters, styles "
+                           "and colours, erased in one run. acc_e: the judge still sees an erased concept on a "
+                           "prompt naming it; acc_s: every other value named alone is drawn; fid: base vs erased "
+                           "on those kept prompts.",
+            "judge": {"name": "world", "options": {}}, "sampling": SAMPLING, "seeds": [0, 1, 2, 3],
+            "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0}, "sets": sets}
+
+
+SETS_PATH = OUT_DIR / "sets" / "world-many.json"
+
+
 def out_path(task: str, version: str = VERSIONS[-1]) -> Path:
     return OUT_DIR / (f"{task}.json" if version == VERSIONS[-1] else f"v{version}/{task}.json")
 
@@ -264,6 +306,9 @@ def main() -> None:
         path.parent.mkdir(exist_ok=True)
         path.write_text(render_json(task, version))
         print(f"wrote {path}")
+    SETS_PATH.parent.mkdir(exist_ok=True)
+    SETS_PATH.write_text(json.dumps(build_sets(), indent=1) + "\n")
+    print(f"wrote {SETS_PATH}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""`score leaderboard`: every method over benchmark v2, in one command, resumable row by row.
+
+The suite is one `score bench` per task (object/star, style/striped, character/Zorblat, unsafe/fire) on the
+format-2 protocols (acc_c, acc_n, the fidelity floor), with the attacks (h_rob) and the certificate (mi_nats),
+then the many-concepts curve (the sets of protocols/sets/world-many.json, each erased in one run). Every bench
+row and every curve point is saved when done and kept by a rerun whose settings match, so a killed run loses at
+most the row it was in. leaderboard.json, leaderboard.md (the section docs/results.md includes) and
+leaderboard.html are written from the saved rows alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from score_erasure.errors import UserError
+from score_erasure.evaluation.cache import ImageCache, default_cache_dir
+from score_erasure.evaluation.evaluate import Scorers, score_set, set_prompts
+from score_erasure.evaluation.judges import load_judge
+from score_erasure.evaluation.protocol import load_sets, resolve_protocol
+from score_erasure.io import atomic_write_json, atomic_write_text, output_folder, release_folder
+from score_erasure.jobs.bench import BenchRow, ErasureRequest, bench, eraser, method_config
+from score_erasure.jobs.leaderboard_page import leaderboard_html, leaderboard_markdown
+from score_erasure.models import resolve_model
+from score_erasure.progress import log
+from score_erasure.provenance import compute, provenance, versions
+
+SUITE = (("object", "star"), ("style", "striped"), ("character", "Zorblat"), ("unsafe", "fire"))
+ATTACKS = ("unlearndiff", "inversion")
+DOCS_START, DOCS_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+
+
+@dataclass
+class CurvePoint:
+    """One method's erasure of one concept set (k concepts in one run)."""
+
+    method: str
+    k: int
+    concepts: list[str]
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    erase_seconds: float | None = None
+    seconds: float | None = None
+    metrics: dict[str, dict] = field(default_factory=dict)
+
+
+def _saved(path: Path, key: dict, kind):
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return kind(**data["row"]) if data.get("key") == key else None
+
+
+def concept_sets(model: str, methods: list[str], out: Path, sizes: tuple[int, ...] | None = None,
+                 cache: ImageCache | None = None, resume: bool = True, sets_path: Path | None = None
+                 ) -> list[CurvePoint]:
+    """The many-concepts curve of each method: each set erased in one run and scored (acc_e on the erased
+    concepts, acc_s and fid on everything else). A point saved in `out/<method>/k<k>.json` is kept when its
+    settings match; a method that fails on a set (or cannot erase several concepts) is a failed point."""
+    sets = load_sets(sets_path)
+    sizes = sizes or tuple(int(k) for k in sets.sets)
+    if missing := [k for k in sizes if str(k) not in sets.sets]:
+        raise UserError(f"no concept set of size {missing[0]}; choose among {', '.join(sets.sets)}")
+    cache = cache or ImageCache(None)
+    base_model = resolve_model(model)
+    judge = load_judge(sets.judge)
+    scorers = Scorers(judge, judge.features if judge.has_features else None)
+    base_pipe, base_images, points = None, {}, []
+    for method in methods:
+        erase = eraser(method)
+        for k in sizes:
+            concept_set, path = sets.sets[str(k)], Path(out) / method / f"k{k}.json"
+            key = {"method": method, "k": k, "sets_hash": sets.hash, "base_hash": base_model.hash,
+                   "config": method_config(method, None), "versions": versions(), "compute": compute()}
+            saved = _saved(path, key, CurvePoint) if resume else None
+            if saved is not None:
+                log(f"concept sets: {method}, k={k} (done in an earlier run: kept)")
+                points.append(saved)
+                continue
+            log(f"concept sets: {method}, k={k} ({', '.join(concept_set.concepts)})")
+            base_pipe = base_pipe or base_model.load()
+            prompts, seeds = set_prompts(concept_set), list(sets.seeds)
+            if k not in base_images:
+                base_images[k] = cache.images(base_pipe, base_model.hash, sets.sampling, prompts, seeds, False)
+            start = time.time()
+            try:
+                request = ErasureRequest("many", ",".join(concept_set.concepts), model,
+                                         base_model.spec(list(concept_set.concepts)))
+                erased = erase(base_model.load(), request)
+                erase_seconds = time.time() - start
+                images = ImageCache(None).images(erased, f"erased:{method}:{k}", sets.sampling, prompts, seeds, False)
+                scored = score_set(images, base_images[k], concept_set, scorers, sets.bootstrap)
+                point = CurvePoint(method, k, list(concept_set.concepts), "ok", erase_seconds=erase_seconds,
+                                   seconds=time.time() - start, metrics={n: m.as_dict() for n, m in scored.items()})
+            except Exception as exc:  # a failed set is a point of the curve, not the end of the run
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                point = CurvePoint(method, k, list(concept_set.concepts), "failed",
+                                   error=f"{type(exc).__name__}: {first}"[:300])
+                log(f"{method}, k={k} failed: {point.error}")
+            atomic_write_json(path, {"key": key, "row": asdict(point)})
+            points.append(point)
+    return points
+
+
+def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[str, str], ...] = SUITE,
+                attacks: tuple[str, ...] = ATTACKS, certify: dict | None = None, sizes: tuple[int, ...] | None = None,
+                cache_dir: Path | None = None, use_cache: bool = True, overwrite: bool = False,
+                docs: Path | None = None, command: str = "", protocol_paths: dict[str, Path] | None = None,
+                sets_path: Path | None = None) -> dict:
+    """Run (or resume) the whole v2 suite for `methods` on `model`; writes leaderboard.{json,md,html} in `out`
+    and, with `docs`, replaces that file's section between DOCS_START and DOCS_END with the tables. A rerun into
+    `out` keeps every saved row whose settings match; `overwrite` recomputes them all. `sizes=()` skips the
+    many-concepts curve. `certify`: CertifyConfig overrides ({} for the defaults; None: no certificate);
+    `protocol_paths` (task -> file) and `sets_path` replace packaged protocols (small ones for tests)."""
+    if "none" in methods:
+        raise UserError("'none' (the unmodified model) is always the first row of each task; leave it out")
+    start = time.time()
+    out = output_folder(out, "leaderboard", resume=True, overwrite=overwrite)
+    cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
+    tasks: dict[str, list[BenchRow]] = {}
+    for task, concept in suite:
+        log(f"leaderboard: {task} / {concept}")
+        tasks[f"{task}/{concept}"] = bench(model, concept, ["none", *methods], out / task, task=task,
+                                           protocol_path=(protocol_paths or {}).get(task), cache_dir=cache_dir,
+                                           use_cache=use_cache, command=command, attacks=list(attacks),
+                                           resume=not overwrite, overwrite=overwrite, certify=certify)
+    curves = (concept_sets(model, methods, out / "many", sizes, cache, resume=not overwrite, sets_path=sets_path)
+              if sizes != () else [])
+    record = {"command": command, "model": model, "methods": methods, "suite": [list(s) for s in suite],
+              "attacks": list(attacks), "certify": certify is not None,
+              "protocols": {f"{t}/{c}": resolve_protocol(t, (protocol_paths or {}).get(t)).hash for t, c in suite},
+              "sets_hash": load_sets(sets_path).hash if curves else None, "seconds": time.time() - start,
+              "tasks": {name: [asdict(r) for r in rows] for name, rows in tasks.items()},
+              "curves": [asdict(p) for p in curves], **provenance()}
+    markdown = leaderboard_markdown(record)
+    atomic_write_json(out / "leaderboard.json", record)
+    atomic_write_text(out / "leaderboard.md", markdown)
+    atomic_write_text(out / "leaderboard.html", leaderboard_html(record))
+    if docs is not None:
+        include_in_docs(Path(docs), markdown)
+    release_folder(out)
+    return record
+
+
+def include_in_docs(path: Path, markdown: str) -> None:
+    """Replace the text between DOCS_START and DOCS_END in `path` (docs/results.md) with `markdown`."""
+    text = path.read_text()
+    if DOCS_START not in text or DOCS_END not in text:
+        raise UserError(f"'{path}' has no {DOCS_START} ... {DOCS_END} section to replace")
+    head, rest = text.split(DOCS_START, 1)
+    atomic_write_text(path, f"{head}{DOCS_START}\n{markdown}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}")

@@ -1,0 +1,68 @@
+"""`score leaderboard` on tiny random models: every v2 column, the many-concepts curve, resuming, the docs section."""
+
+import json
+
+import pytest
+
+from score_erasure.errors import UserError
+from score_erasure.jobs import bench as bench_mod
+from score_erasure.jobs import leaderboard as lb
+from score_erasure.jobs.leaderboard_page import separations
+from score_erasure.toyworld import protocols
+
+
+@pytest.fixture
+def small_sets(tmp_path):
+    """The packaged concept sets cut to k = 1 and 2, two prompts a side, two seeds, two steps."""
+    data = protocols.build_sets()
+    data["sets"] = {k: {**s, "erased": s["erased"][:2], "kept": s["kept"][:3]} for k, s in data["sets"].items()
+                    if k in ("1", "2")}
+    data["seeds"], data["sampling"]["steps"] = [0, 1], 2
+    path = tmp_path / "sets.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_leaderboard_writes_every_v2_column_and_resumes(tiny_model_dir, small_protocol, small_sets, tmp_path,
+                                                        monkeypatch):
+    docs = tmp_path / "results.md"
+    docs.write_text(f"# Results\n\n{lb.DOCS_START}\nold table\n{lb.DOCS_END}\n\nafter\n")
+    kwargs = dict(suite=(("object", "star"),), attacks=("paraphrase",), certify={"n": 8, "folds": 2},
+                  sizes=(1, 2), use_cache=False, protocol_paths={"object": small_protocol("object", "star")},
+                  sets_path=small_sets, docs=docs)
+    record = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "lb", **kwargs)
+    rows = record["tasks"]["object/star"]
+    assert [(r["method"], r["status"]) for r in rows] == [("none", "ok"), ("uce", "ok")]
+    for column in ("acc_c", "acc_n", "h_rob", "fid_ratio", "fid_floor", "asr_paraphrase", "mi_nats"):
+        assert column in rows[1]["metrics"], column
+    assert [(p["method"], p["k"], p["status"]) for p in record["curves"]] == [("uce", 1, "ok"), ("uce", 2, "ok")]
+    assert record["curves"][1]["concepts"] == ["star", "Zorblat"]
+    assert set(record["curves"][0]["metrics"]) == {"acc_e", "acc_s", "base_acc_e", "fid"}
+    table = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "#### object/star" in table and "Differences beyond the intervals" in table and "| uce | 2 |" in table
+    text = docs.read_text()
+    assert "old table" not in text and table.strip() in text and text.endswith(f"{lb.DOCS_END}\n\nafter\n")
+    assert "<table" in (tmp_path / "lb" / "leaderboard.html").read_text()
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished row was run again")
+
+    monkeypatch.setattr(bench_mod, "_run_method", never)
+    monkeypatch.setattr(lb, "score_set", never)
+    again = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "lb", **kwargs)
+    assert again["tasks"] == record["tasks"] and again["curves"] == record["curves"]
+
+
+def test_none_is_not_a_method_of_the_leaderboard(tmp_path):
+    with pytest.raises(UserError, match="always the first row"):
+        lb.leaderboard("embedded", ["none", "uce"], tmp_path)
+
+
+def test_separations_are_the_pairs_whose_intervals_do_not_overlap():
+    def row(method, value, low, high):
+        return {"method": method, "metrics": {"h": {"value": value, "ci_low": low, "ci_high": high},
+                                              "fid_ratio": {"value": value, "ci_low": low, "ci_high": high}}}
+
+    rows = [row("a", 0.9, 0.85, 0.95), row("b", 0.5, 0.4, 0.6), row("c", 0.8, 0.55, 0.9)]
+    found = separations(rows, ("h", "fid_ratio"))
+    assert found == ["h: a 0.9 vs b 0.5", "fid_ratio: b 0.5 vs a 0.9"]  # lower fid_ratio is better
