@@ -98,7 +98,7 @@ def _plots(record: dict) -> list[str]:
     plots = []
     for names, title in ((["h", "h_rob", "acc_c", "acc_n"], "h, h_rob, acc_c, acc_n"),
                          ([f"asr_{a}" for a in record["attacks"]], "attack success rate")):
-        if not names:
+        if not names or not tasks:
             continue
         fig, axes = figure(5 * len(tasks), 3, ncols=len(tasks), squeeze=False)
         for ax, (task, rows) in zip(axes[0], tasks.items(), strict=True):
@@ -107,18 +107,18 @@ def _plots(record: dict) -> list[str]:
             ax.set_title(f"{task}: {title}", fontsize=9)
         fig.tight_layout()
         plots.append(figure_png(fig))
-    fig, ax = figure(6, 4)
-    for task, rows in tasks.items():
-        for method, m in _series(rows).items():
-            if "fid_ratio" in m:
-                ax.scatter(m["fid_ratio"].value, 1 - m["acc_e"].value, s=20)
-                ax.annotate(f"{method} ({task.split('/')[0]})", (m["fid_ratio"].value, 1 - m["acc_e"].value),
-                            fontsize=7)
-    ax.axvline(1, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("fid / floor (1 = the model's own variation)", fontsize=8)
-    ax.set_ylabel("1 - acc_e (erasure)", fontsize=8)
-    ax.set_title("fidelity against erasure", fontsize=9)
-    plots.append(figure_png(fig))
+    points = [(f"{method} ({task.split('/')[0]})", m["fid_ratio"].value, 1 - m["acc_e"].value)
+              for task, rows in tasks.items() for method, m in _series(rows).items() if "fid_ratio" in m]
+    if points:
+        fig, ax = figure(6, 4)
+        for label, x, y in points:
+            ax.scatter(x, y, s=20)
+            ax.annotate(label, (x, y), fontsize=7)
+        ax.axvline(1, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("fid / floor (1 = the model's own variation)", fontsize=8)
+        ax.set_ylabel("1 - acc_e (erasure)", fontsize=8)
+        ax.set_title("fidelity against erasure", fontsize=9)
+        plots.append(figure_png(fig))
     if record["curves"]:
         fig, axes = figure(10, 3, ncols=2)
         for ax, name in zip(axes, ("acc_e", "acc_s"), strict=True):
