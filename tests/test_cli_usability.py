@@ -112,6 +112,7 @@ def test_kid_has_its_unit_and_a_base_rate_of_zero_is_called_uninformative(capsys
     ["certify", "-c", "star"],
     ["bench", "-c", "star"],
     ["generate", "-p", "a star"],
+    ["leaderboard", "--methods", "uce"],
 ])
 def test_an_unwritable_out_folder_is_one_line_before_any_work(capsys, monkeypatch, command):
     code, out, err = run(capsys, monkeypatch, *command, "--out", "/proc/forbidden/x")
