@@ -52,6 +52,12 @@ def test_leaderboard_writes_every_v2_column_and_resumes(tiny_model_dir, small_pr
     again = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "lb", **kwargs)
     assert again["tasks"] == record["tasks"] and again["curves"] == record["curves"]
 
+    (tmp_path / "lb" / "many" / "uce" / "k2.json").unlink()  # as if the run were still going
+    partial = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "lb", **{**kwargs, "docs": None},
+                             tables_only=True)
+    assert partial["tasks"] == record["tasks"] and partial["curves"] == record["curves"][:1]
+    assert "Tables only" in (tmp_path / "lb" / "partial" / "leaderboard.md").read_text()
+
 
 def test_none_is_not_a_method_of_the_leaderboard(tmp_path):
     with pytest.raises(UserError, match="always the first row"):

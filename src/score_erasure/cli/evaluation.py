@@ -152,6 +152,8 @@ def register(app: typer.Typer) -> None:
         cache: CacheOpt = True,
         overwrite: Annotated[bool, typer.Option(help="Recompute every row instead of keeping the finished "
                                                      "ones.")] = False,
+        tables_only: Annotated[bool, typer.Option(help="Run nothing: the tables of the rows saved in --out so far "
+                                                       "(a run still going, or stopped), in OUT/partial.")] = False,
     ) -> None:
         """Benchmark v2: every method over every task (acc_c, acc_n, h_rob, the fidelity floor, ASR, leakage) and
         the many-concepts curve, resumable row by row; writes the tables and an HTML page with plots."""
@@ -169,7 +171,8 @@ def register(app: typer.Typer) -> None:
         sizes = tuple(int(k) for k in sets.split(",") if k.strip()) if sets.strip() else ()
         record = leaderboard(model, names, out, tuple(suite), tuple(a.strip() for a in attacks.split(",") if a.strip()),
                              certify={} if certify else None, sizes=sizes, cache_dir=cache_dir, use_cache=cache,
-                             overwrite=overwrite, docs=docs, command=shlex.join(["score", *sys.argv[1:]]))
+                             overwrite=overwrite, docs=docs, command=shlex.join(["score", *sys.argv[1:]]),
+                             tables_only=tables_only)
         console.print(f"{record['seconds']:.0f} s; tables: {out / 'leaderboard.md'}; page: {out / 'leaderboard.html'}")
 
     @app.command("report")

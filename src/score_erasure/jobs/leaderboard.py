@@ -53,6 +53,11 @@ def _saved(path: Path, key: dict, kind):
     return kind(**data["row"]) if data.get("key") == key else None
 
 
+def _as_saved(path: Path, kind):
+    """A saved row as it is, its settings unchecked (`tables_only`)."""
+    return kind(**json.loads(path.read_text())["row"]) if path.is_file() else None
+
+
 def concept_sets(model: str, methods: list[str], out: Path, sizes: tuple[int, ...] | None = None,
                  cache: ImageCache | None = None, resume: bool = True, sets_path: Path | None = None
                  ) -> list[CurvePoint]:
@@ -108,39 +113,53 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
                 attacks: tuple[str, ...] = ATTACKS, certify: dict | None = None, sizes: tuple[int, ...] | None = None,
                 cache_dir: Path | None = None, use_cache: bool = True, overwrite: bool = False,
                 docs: Path | None = None, command: str = "", protocol_paths: dict[str, Path] | None = None,
-                sets_path: Path | None = None) -> dict:
+                sets_path: Path | None = None, tables_only: bool = False) -> dict:
     """Run (or resume) the whole v2 suite for `methods` on `model`; writes leaderboard.{json,md,html} in `out`
     and, with `docs`, replaces that file's section between DOCS_START and DOCS_END with the tables. A rerun into
     `out` keeps every saved row whose settings match; `overwrite` recomputes them all. `sizes=()` skips the
     many-concepts curve. `certify`: CertifyConfig overrides ({} for the defaults; None: no certificate);
-    `protocol_paths` (task -> file) and `sets_path` replace packaged protocols (small ones for tests)."""
+    `protocol_paths` (task -> file) and `sets_path` replace packaged protocols (small ones for tests).
+    `tables_only` runs nothing: the tables of the rows saved in `out` so far (a run still going, or stopped),
+    written to out/partial."""
     if "none" in methods:
         raise UserError("'none' (the unmodified model) is always the first row of each task; leave it out")
     start = time.time()
-    out = output_folder(out, "leaderboard", resume=True, overwrite=overwrite)
+    # tables only: the run may still hold `out`; the tables go to out/partial
+    written = output_folder(Path(out) / "partial" if tables_only else out, "leaderboard", resume=True,
+                            overwrite=overwrite or tables_only)
+    out = Path(out)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
     tasks: dict[str, list[BenchRow]] = {}
     for task, concept in suite:
+        if tables_only:
+            tasks[f"{task}/{concept}"] = [r for m in ("none", *methods) if (r := _as_saved(out / task / m / "row.json",
+                                                                                            BenchRow))]
+            continue
         log(f"leaderboard: {task} / {concept}")
         tasks[f"{task}/{concept}"] = bench(model, concept, ["none", *methods], out / task, task=task,
                                            protocol_path=(protocol_paths or {}).get(task), cache_dir=cache_dir,
                                            use_cache=use_cache, command=command, attacks=list(attacks),
                                            resume=not overwrite, overwrite=overwrite, certify=certify)
-    curves = (concept_sets(model, methods, out / "many", sizes, cache, resume=not overwrite, sets_path=sets_path)
-              if sizes != () else [])
+    if tables_only:
+        curves = [p for m in methods for k in sizes or [int(k) for k in load_sets(sets_path).sets]
+                  if (p := _as_saved(out / "many" / m / f"k{k}.json", CurvePoint))]
+    else:
+        curves = (concept_sets(model, methods, out / "many", sizes, cache, resume=not overwrite,
+                               sets_path=sets_path) if sizes != () else [])
     record = {"command": command, "model": model, "methods": methods, "suite": [list(s) for s in suite],
+              "tables_only": tables_only,
               "attacks": list(attacks), "certify": certify is not None,
               "protocols": {f"{t}/{c}": resolve_protocol(t, (protocol_paths or {}).get(t)).hash for t, c in suite},
               "sets_hash": load_sets(sets_path).hash if curves else None, "seconds": time.time() - start,
               "tasks": {name: [asdict(r) for r in rows] for name, rows in tasks.items()},
               "curves": [asdict(p) for p in curves], **provenance()}
     markdown = leaderboard_markdown(record)
-    atomic_write_json(out / "leaderboard.json", record)
-    atomic_write_text(out / "leaderboard.md", markdown)
-    atomic_write_text(out / "leaderboard.html", leaderboard_html(record))
+    atomic_write_json(written / "leaderboard.json", record)
+    atomic_write_text(written / "leaderboard.md", markdown)
+    atomic_write_text(written / "leaderboard.html", leaderboard_html(record))
     if docs is not None:
         include_in_docs(Path(docs), markdown)
-    release_folder(out)
+    release_folder(written)
     return record
 
 

@@ -45,7 +45,8 @@ def leaderboard_markdown(record: dict) -> str:
              record["command"] else "") + f", model `{record['model']}`, attacks {', '.join(record['attacks'])}"
              f"{', with the certificate' if record['certify'] else ''}; {record['seconds']:.0f} s for this run "
              f"(rows kept from earlier runs cost nothing); torch threads {record['compute'].get('threads')}. "
-             "Values with 95% intervals.", ""]
+             "Values with 95% intervals." + (" Tables only: the rows saved so far, as saved (a row not finished is "
+                                              "missing)." if record.get("tables_only") else ""), ""]
     for task, rows in record["tasks"].items():
         done = [r for r in rows if r["status"] == "ok"]
         columns = _columns(record, done)
