@@ -156,8 +156,9 @@ def test_a_folder_holding_another_run_is_refused_unless_overwrite_or_resume(caps
     code, _, err = run(capsys, monkeypatch, *gen)
     assert code == 2 and "already holds a run (generate.json); pass --overwrite to replace it, or" in err
     assert len(err.strip().splitlines()) == 1 and (tmp_path / "g" / "generate.json").read_text() == before
+    (tmp_path / "g" / "generate.json").write_text(before.replace('"steps": 1', '"steps": 99'))  # a stale record
     assert run(capsys, monkeypatch, *gen, "--overwrite")[0] in (0, None)
-    assert (tmp_path / "g" / "generate.json").read_text() != before  # a new record (its time)
+    assert '"steps": 1,' in (tmp_path / "g" / "generate.json").read_text()  # written anew
 
     erase = ["erase", "-m", tiny_model_dir, "-c", "star", "--out", tmp_path / "e"]
     assert run(capsys, monkeypatch, *erase, "--method", "uce")[0] in (0, None)

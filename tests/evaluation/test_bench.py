@@ -115,9 +115,9 @@ def test_variant_flag_parsing(tmp_path):
 
 def test_a_saved_row_is_keyed_by_the_resolved_config():
     """A changed default (or override) must rerun a row under --resume: the key holds the whole config."""
-    from score_erasure.jobs.bench import _method_config
+    from score_erasure.jobs.bench import method_config
 
-    default = _method_config("uce", None)
-    assert default["lamb"] == 0.5 and default == _method_config("uce-tail", ("uce", {}))
-    assert _method_config("uce-tail", ("uce", {"lamb": 0.1}))["lamb"] == 0.1
-    assert _method_config("none", None) is None
+    default = method_config("uce", None)
+    assert default["lamb"] == 0.5 and default == method_config("uce-tail", ("uce", {}))
+    assert method_config("uce-tail", ("uce", {"lamb": 0.1}))["lamb"] == 0.1
+    assert method_config("none", None) is None

@@ -241,7 +241,7 @@ def build(task: str, version: str = VERSIONS[-1]) -> dict:
         "task": task,
         "description": DESCRIPTIONS[task],
         "judge": {"name": "world", "options": {}},
-        "sampling": SAMPLING,
+        "sampling": dict(SAMPLING),
         "seeds": seeds,
         "neutral": neutral_prompts(task),
         "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0},
@@ -285,7 +285,7 @@ def build_sets() -> dict:
                            "and colours, erased in one run. acc_e: the judge still sees an erased concept on a "
                            "prompt naming it; acc_s: every other value named alone is drawn; fid: base vs erased "
                            "on those kept prompts.",
-            "judge": {"name": "world", "options": {}}, "sampling": SAMPLING, "seeds": [0, 1, 2, 3],
+            "judge": {"name": "world", "options": {}}, "sampling": dict(SAMPLING), "seeds": [0, 1, 2, 3],
             "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0}, "sets": sets}
 
 
