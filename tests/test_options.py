@@ -59,6 +59,18 @@ def test_the_thread_count_is_fixed_and_recorded(default_run_options):
         torch.set_num_threads(before)
 
 
+def test_the_cudnn_attention_kernel_can_be_turned_off(default_run_options):
+    """`score --no-cudnn-attention`: FLUX training on an H200 with torch 2.11 failed inside that kernel."""
+    from typer.testing import CliRunner
+
+    from score_erasure.cli import app
+
+    assert CliRunner().invoke(app, ["--no-cudnn-attention", "methods"]).exit_code == 0
+    assert not torch.backends.cuda.cudnn_sdp_enabled() and not options.OPTIONS.cudnn_attention
+    options.set_run_options(cudnn_attention=True)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_results_do_not_depend_on_the_machines_cores(tmp_path):
     """A process pinned to one core with OMP_NUM_THREADS=1 computes what a free two-core process computes: the
     pool's size, not the cores, decides how CPU kernels split their sums."""

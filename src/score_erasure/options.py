@@ -28,6 +28,9 @@ class RunOptions:
     # CPU threads of torch's intra-op pool, fixed rather than one per core: CPU kernels split their sums by thread,
     # so the thread count decides the last bits of every result, and a fine-tune amplifies them (docs/reliability.md)
     threads: int | None = None
+    # PyTorch's cuDNN attention kernel; with torch 2.11 on an H200 its backward failed on FLUX.1-dev's 4,608-token
+    # joint attention (docs/results.md, the GPU check), so training there needs it off
+    cudnn_attention: bool = True
 
     def torch_device(self) -> torch.device:
         if self.device != "auto":
@@ -49,6 +52,7 @@ def set_run_options(**options) -> None:
         setattr(OPTIONS, name, value)
     if OPTIONS.threads is not None:
         torch.set_num_threads(OPTIONS.threads)
+    torch.backends.cuda.enable_cudnn_sdp(OPTIONS.cudnn_attention)
     try:
         OPTIONS.torch_device()
     except RuntimeError as exc:

@@ -66,12 +66,15 @@ def run_options(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads of torch, whatever the machine's cores or "
                                                      "OMP_NUM_THREADS: the same count gives the same numbers "
                                                      "(the documented ones used 2).")] = 2,
+    cudnn_attention: Annotated[bool, typer.Option(help="PyTorch's cuDNN attention kernel on GPUs; turn it off if "
+                                                       "FLUX training fails inside it (flash / memory-efficient "
+                                                       "kernels run instead).")] = True,
 ) -> None:
     """Robust concept erasure for text-to-image diffusion models. The options here apply to every command."""
     from score_erasure.options import set_run_options
 
     set_run_options(dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
-                    frozen_dtype=frozen_dtype, threads=threads)
+                    frozen_dtype=frozen_dtype, threads=threads, cudnn_attention=cudnn_attention)
 
 
 def _verdicts(prompts: list[str], images, seeds: list[int]) -> list[dict]:

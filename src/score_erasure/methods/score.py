@@ -88,7 +88,7 @@ class Discriminator(nn.Module):
         self.head = spectral_norm(nn.Linear(width, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x).mean(dim=(2, 3))).squeeze(-1)
+        return self.head(self.body(x.float()).mean(dim=(2, 3))).squeeze(-1)
 
 
 def discriminator_loss(D: nn.Module, x_concept: torch.Tensor, x_other: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ class ScoreTraining:
         x = self.bank_0[0]
         with torch.random.fork_rng(devices=[]):  # D's initial weights follow the seed, not the caller's RNG state
             torch.manual_seed(cfg.seed)
-            self.D = Discriminator(x.shape[1], cfg.d_width, x.shape[-1])
+            self.D = Discriminator(x.shape[1], cfg.d_width, x.shape[-1]).to(x.device)  # fp32 whatever the model's dtype
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
 
     @torch.no_grad()
@@ -136,7 +136,7 @@ class ScoreTraining:
 
     def _noised(self, bank, idx: torch.Tensor, t: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
         x0, prompt = bank[0][idx], bank[1][idx]
-        return self.denoiser.add_noise(x0, torch.randn(x0.shape, generator=gen), t), prompt
+        return self.denoiser.add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), t), prompt
 
     def pretrain_discriminator(self) -> None:
         """Warm D up on the base model (ε_0) so the adversarial signal is informative from step one."""

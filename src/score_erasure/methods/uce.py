@@ -114,7 +114,7 @@ def uce_weight(W: torch.Tensor, c_erase: torch.Tensor, c_guide: torch.Tensor, c_
     thread count alone moved the result by 1e-3."""
     W64, c_e, c_g, c_p = (m.double() for m in (W, c_erase, c_guide, c_preserve))
     lhs = cfg.lamb * W64 + cfg.erase_scale * (W64 @ c_g.T) @ c_e + cfg.preserve_scale * (W64 @ c_p.T) @ c_p
-    rhs = (cfg.lamb * torch.eye(W.shape[1], dtype=torch.float64) + cfg.erase_scale * c_e.T @ c_e
+    rhs = (cfg.lamb * torch.eye(W.shape[1], dtype=torch.float64, device=W.device) + cfg.erase_scale * c_e.T @ c_e
            + cfg.preserve_scale * c_p.T @ c_p)
     return torch.linalg.solve(rhs, lhs, left=False).to(W.dtype)
 
