@@ -146,15 +146,22 @@ def test_peak_rss_can_be_restarted_for_one_phase():
     assert peak_rss_mb() < with_big - 150
 
 
-def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(tiny_model_dir, tmp_path):
-    out = tmp_path / "dve"
-    delta = erase(str(tiny_model_dir), "dve", SPEC, out, show_progress=False)
-    assert delta.hooks == {"dve": {"strength": 1.0}} and set(delta.tensors) == {"hook.dve.concept", "hook.dve.anchor"}
+HOOKS = {"dve": ({"strength": 1.0}, {"concept", "anchor"}, {}),
+         "semantic-surgery": ({"concepts": ["star"], "gamma": 0.02, "threshold": 0.5}, {"neutral", "concept", "bias"},
+                              {"bias": 10.0})}
+
+
+@pytest.mark.parametrize("name", list(HOOKS))
+def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(name, tiny_model_dir, tmp_path):
+    settings, tensors, config = HOOKS[name]
+    out = tmp_path / name
+    delta = erase(str(tiny_model_dir), name, SPEC, out, overrides=config, show_progress=False)
+    assert delta.hooks == {name: settings} and set(delta.tensors) == {f"hook.{name}.{t}" for t in tensors}
     base = generate(load_pipeline(str(tiny_model_dir)), ["a star"], [0, 1], steps=3, show_progress=False)
     erased = generate(load_pipeline(str(out)), ["a star"], [0, 1], steps=3, show_progress=False)
     assert not np.array_equal(base, erased)  # the hook was re-installed from the delta
     with pytest.raises(UserError, match="inference time"):
-        erase(str(tiny_model_dir), "dve", SPEC, tmp_path / "m", save_pipeline=True, show_progress=False)
+        erase(str(tiny_model_dir), name, SPEC, tmp_path / "m", save_pipeline=True, show_progress=False)
     with pytest.raises(UserError, match="cannot be merged"):
         ErasureDelta.load(out / "delta.safetensors").require_mergeable()
 

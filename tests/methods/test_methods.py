@@ -78,7 +78,8 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="choose one of: score, ant, esd-x, esd-u, esd, uce, score-robust, dve"):
+    names = "score, ant, esd-x, esd-u, esd, uce, mace, rece, score-robust, dve, semantic-surgery"
+    with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")
 
 
@@ -135,3 +136,47 @@ def test_dve_strength_zero_changes_nothing(pipe, spec):
     plain = denoiser.predict(x, t, cond)
     get_method("dve").fit(denoiser, spec, get_method("dve").config({"strength": 0.0}))
     torch.testing.assert_close(denoiser.predict(x, t, cond), plain)
+
+
+def test_semantic_surgery_subtracts_the_concept_direction_only_where_the_gate_opens(pipe, spec):
+    """e' = e - ρ (e_c - e_n) on a prompt that carries the concept; unchanged without it, and the unconditional
+    row of guidance untouched, in what the network itself receives."""
+    from score_erasure.methods.semantic_surgery import presence
+
+    denoiser = denoiser_for(pipe)
+    e, n, c = denoiser.encode(["a star", "a circle", ""]), denoiser.encode([""]), denoiser.encode(["star"])
+    alpha = presence(e, c - n)[:, 0]
+    assert alpha[0] > alpha[1:].max()  # the tiny random encoder still tells these apart
+    bias = -float(alpha[0] + alpha[1:].max()) / 2
+    method = get_method("semantic-surgery")
+    method.fit(denoiser, spec, method.config({"bias": bias}), show_progress=False)
+    edited = denoiser.network.__dict__["_score_erasure_hooks"]["semantic-surgery"].edit(e)
+    rho = torch.sigmoid((alpha[0] + bias) / 0.02)
+    torch.testing.assert_close(edited[0], e[0] - rho * (c[0] - n[0]))
+    assert rho >= 0.5 and torch.equal(edited[1], e[1]) and torch.equal(edited[2], e[2])
+    seen = {}
+    denoiser.network.register_forward_pre_hook(lambda m, a, kw: seen.update(cond=kw["encoder_hidden_states"]),
+                                               with_kwargs=True)  # runs after the surgery's own pre-hook
+    denoiser.predict(torch.randn(3, 4, 8, 8), denoiser.timesteps(4)[1], e)
+    torch.testing.assert_close(seen["cond"], edited)
+
+
+def test_semantic_surgery_calibrates_the_gate_between_the_two_kinds_of_prompt():
+    from score_erasure.methods.semantic_surgery import calibrated_bias
+
+    assert calibrated_bias(torch.tensor([0.5, 0.4]), torch.tensor([0.1, 0.3])) == pytest.approx(-0.35)
+    assert calibrated_bias(torch.tensor([0.5, 0.1]), torch.tensor([0.2, 0.4])) == pytest.approx(-0.3)  # overlap: means
+
+
+def test_semantic_surgery_joins_the_concepts_present_into_one_direction(pipe):
+    from score_erasure.spec import ConceptSpec
+
+    spec = ConceptSpec(concepts=["star", "circle"], target_prompts=["a star", "a circle"],
+                       anchor_prompts=["a shape", "a shape"], retain_prompts=["a square"])
+    denoiser = denoiser_for(pipe)
+    method = get_method("semantic-surgery")
+    method.fit(denoiser, spec, method.config({"bias": 10.0}), show_progress=False)  # every gate open
+    hook = denoiser.network.__dict__["_score_erasure_hooks"]["semantic-surgery"]
+    e, n = denoiser.encode(["a square"]), denoiser.encode([""])
+    torch.testing.assert_close(hook.edit(e)[0], e[0] - (denoiser.encode(["star, circle"])[0] - n[0]), atol=1e-3,
+                               rtol=1e-3)  # ρ = sigmoid(>= 400) = 1

@@ -54,3 +54,40 @@ def test_rows_pair_tail_tokens_and_all_tokens_of_equal_length_prompts():
     rows, guides = paired_rows(d, ["a star on fire"], ["a star"], "all")
     torch.testing.assert_close(rows, emb[2, 4:])
     torch.testing.assert_close(guides, emb[3, 2:length - 2])
+
+
+def test_rece_derived_embedding_is_the_ridge_least_squares_solution():
+    """c' = argmin_x Σ_l ||W_l x - W⁰_l c||² + λ_r ||x||², against a direct least-squares solve."""
+    from score_erasure.methods.rece import derived_map
+
+    g = torch.Generator().manual_seed(0)
+    current = [torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    original = [torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    c, lam = torch.randn(4, generator=g, dtype=torch.float64), 0.3
+    A = torch.cat([*current, lam ** 0.5 * torch.eye(4, dtype=torch.float64)])
+    b = torch.cat([*(W0 @ c for W0 in original), torch.zeros(4, dtype=torch.float64)])
+    want = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    torch.testing.assert_close(derived_map(current, original, lam) @ c, want)
+
+
+def test_rece_keeps_the_candidate_with_the_smallest_concept_gap(spec):
+    """UCE alone (round 0) and each round are candidates; the weights left are the best one's, not the last's."""
+    from score_erasure.backends import denoiser_for
+    from score_erasure.methods import get_method
+    from score_erasure.testing import tiny_sd_pipeline
+
+    rece = get_method("rece")
+    runs = {}
+    for epochs in (1, 2, 3):
+        denoiser = denoiser_for(tiny_sd_pipeline(0))
+        trace = rece.fit(denoiser, spec, rece.config({"epochs": epochs}), show_progress=False)
+        runs[epochs] = (trace, denoiser.parameters("inputs"))
+    denoiser = denoiser_for(tiny_sd_pipeline(0))
+    get_method("uce").fit(denoiser, spec, get_method("uce").config(), show_progress=False)
+    runs[0] = (None, denoiser.parameters("inputs"))
+    trace, kept = runs[3]
+    gaps = [r["loss"] for r in trace.rows]
+    assert [r["step"] for r in trace.rows] == [0, 1, 2, 3] and trace.info["kept_epoch"] == gaps.index(min(gaps))
+    assert gaps[:2] == [r["loss"] for r in runs[1][0].rows]  # each candidate's gap does not depend on later rounds
+    same = runs[trace.info["kept_epoch"]][1]
+    assert all(torch.equal(W, same[n]) for n, W in kept.items())

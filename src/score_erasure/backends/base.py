@@ -82,6 +82,11 @@ class Denoiser(ABC):
         """The network's keyword arguments (as the pipeline passed them) with the text inputs replaced by the
         conditioning `cond`: how an inference-time edit re-evaluates the network at another prompt."""
 
+    @abstractmethod
+    def conditioning(self, network_kwargs: dict) -> torch.Tensor:
+        """The conditioning inside the network's keyword arguments, as `encode` returns it: the inverse of
+        `recondition`, for an edit of the text embedding made inside the network call."""
+
     # --- one network evaluation -----------------------------------------------------------------
     @abstractmethod
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

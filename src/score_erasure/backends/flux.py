@@ -96,6 +96,9 @@ class FluxDenoiser(PooledConditioning, Denoiser, family="flux", network_attr="tr
         txt_ids = torch.zeros(states.shape[1], 3, device=states.device, dtype=states.dtype)
         return {**network_kwargs, "encoder_hidden_states": states, "pooled_projections": pooled, "txt_ids": txt_ids}
 
+    def conditioning(self, network_kwargs):
+        return pack_pooled(network_kwargs["encoder_hidden_states"], network_kwargs["pooled_projections"])
+
     # --- one network evaluation -----------------------------------------------------------------
     def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
         from diffusers import FluxPipeline  # its static packing helpers

@@ -39,6 +39,9 @@ class SDDenoiser(Denoiser, family="sd", network_attr="unet"):
     def recondition(self, network_kwargs, cond):
         return {**network_kwargs, "encoder_hidden_states": cond}
 
+    def conditioning(self, network_kwargs):
+        return network_kwargs["encoder_hidden_states"]
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(len(x_t))
         dtype = self.network.dtype

@@ -60,6 +60,9 @@ class SDXLDenoiser(PooledConditioning, SDDenoiser, family="sdxl"):
         added = {**network_kwargs.get("added_cond_kwargs", {}), "text_embeds": pooled}
         return {**network_kwargs, "encoder_hidden_states": states, "added_cond_kwargs": added}
 
+    def conditioning(self, network_kwargs):
+        return pack_pooled(network_kwargs["encoder_hidden_states"], network_kwargs["added_cond_kwargs"]["text_embeds"])
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         states, pooled = self.unpack(cond)
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(len(x_t))

@@ -145,7 +145,12 @@ def register(app: typer.Typer) -> None:
         attacks: Annotated[str, typer.Option(help="Comma-separated attacks: an ASR column each, and h_rob.")]
         = "unlearndiff,inversion",
         certify: Annotated[bool, typer.Option(help="Each row's leakage certificate (mi_nats).")] = True,
-        sets: Annotated[str, typer.Option(help="Sizes of the many-concepts curve ('' to skip it).")] = "1,2,4,8,12",
+        sets: Annotated[str | None, typer.Option(help="Sizes of the many-concepts curve (default: every size of "
+                                                      "--concept-sets; '' to skip it).")] = None,
+        concept_sets: Annotated[str, typer.Option(help="The many-concepts protocol: world-many (shapes, "
+                                                       "characters, styles, colours: 1, 2, 4, 8, 12), "
+                                                       "world-characters (1 to 4 characters), or a JSON "
+                                                       "file.")] = "world-many",
         docs: Annotated[Path | None, typer.Option(help="Also write the tables into this markdown file, between "
                                                        "its leaderboard markers (docs/results.md).")] = None,
         cache_dir: CacheDirOpt = None,
@@ -168,11 +173,13 @@ def register(app: typer.Typer) -> None:
             if not concept:
                 raise UserError(f"--tasks '{pair}': expected TASK/CONCEPT, e.g. object/star")
             suite.append((task, concept))
-        sizes = tuple(int(k) for k in sets.split(",") if k.strip()) if sets.strip() else ()
+        from score_erasure.evaluation.protocol import packaged_sets_path
+
+        sizes = None if sets is None else tuple(int(k) for k in sets.split(",") if k.strip())
         record = leaderboard(model, names, out, tuple(suite), tuple(a.strip() for a in attacks.split(",") if a.strip()),
                              certify={} if certify else None, sizes=sizes, cache_dir=cache_dir, use_cache=cache,
                              overwrite=overwrite, docs=docs, command=shlex.join(["score", *sys.argv[1:]]),
-                             tables_only=tables_only)
+                             tables_only=tables_only, sets_path=packaged_sets_path(concept_sets))
         console.print(f"{record['seconds']:.0f} s; tables: {out / 'leaderboard.md'}; page: {out / 'leaderboard.html'}")
 
     @app.command("report")

@@ -201,8 +201,15 @@ class SetsProtocol(_Frozen):
                                          separators=(",", ":")).encode()).hexdigest()
 
 
-def packaged_sets_path() -> Path:
-    return Path(str(resources.files("score_erasure.evaluation") / "protocols" / "sets" / "world-many.json"))
+def packaged_sets_path(name: str = "world-many") -> Path:
+    """A packaged many-concepts protocol by name, or `name` itself when it is a JSON file."""
+    folder = resources.files("score_erasure.evaluation") / "protocols" / "sets"
+    if name.endswith(".json"):
+        return Path(name)
+    known = sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+    if name not in known:
+        raise UserError(f"unknown concept sets '{name}'; choose one of: {', '.join(known)}, or a JSON file")
+    return Path(str(folder / f"{name}.json"))
 
 
 def load_sets(path: Path | None = None) -> SetsProtocol:

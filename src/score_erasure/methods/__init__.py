@@ -17,9 +17,11 @@ from pydantic import BaseModel
 from score_erasure.backends import FAMILIES, Denoiser
 from score_erasure.delta import HookRestorer
 from score_erasure.errors import UserError, validated_config
-from score_erasure.methods import dve
+from score_erasure.methods import dve, semantic_surgery
 from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
+from score_erasure.methods.mace import MACEConfig, mace
+from score_erasure.methods.rece import RECEConfig, rece
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
 from score_erasure.methods.uce import UCEConfig, uce
@@ -77,11 +79,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("esd", esd, ESDConfig, "fine-tune", "ESD as LoRA on the text attention, merged (EraseAnything's form, "
            "for FLUX)", preset={"group": "xattn", "lora_rank": 4, "lr": 1e-3}, smoke=_FAST_ESD),
     Method("uce", uce, UCEConfig, "weight-edit", "UCE closed-form edit of cross-attention K/V"),
+    Method("mace", mace, MACEConfig, "fine-tune", "MACE: closed-form refinement, one LoRA per concept on its "
+           "attention maps, closed-form fusion", smoke={"lora_steps": 2, "images": 1, "steps": 2},
+           families=("sd", "sdxl")),
+    Method("rece", rece, RECEConfig, "weight-edit", "RECE: UCE, then rounds erasing the embedding that still "
+           "regenerates the concept"),
     Method("score-robust", score_robust, ScoreRobustConfig, "fine-tune",
            "SCORE + prompts an inner attack finds on the fly",
            smoke={**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1}),
     Method("dve", dve.dve, dve.DVEConfig, "hook",
            "DVE: training-free projection of the field off the concept direction", restore=dve.restore),
+    Method("semantic-surgery", semantic_surgery.semantic_surgery, semantic_surgery.SemanticSurgeryConfig, "hook",
+           "Semantic Surgery: the concept direction subtracted from the text embedding, gated by its presence",
+           restore=semantic_surgery.restore),
 )}
 
 

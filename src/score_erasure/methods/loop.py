@@ -154,3 +154,4 @@ def merge_lora(network: nn.Module) -> None:
             module.merge()
             parent_name, _, child = name.rpartition(".")
             setattr(network.get_submodule(parent_name) if parent_name else network, child, module.get_base_layer())
+    network.__dict__.pop("peft_config", None)  # no adapter left: a later injection starts afresh

@@ -250,10 +250,16 @@ def build(task: str, version: str = VERSIONS[-1]) -> dict:
     }
 
 
-#: The many-concepts curve: the first k of these, drawn across the families, are erased together (nested sets).
+#: The many-concepts curves: the first k of an order are erased together (nested sets). `world-many` draws across
+#: the families; `world-characters` erases 1 to 4 of the world's characters (MACE's multi-concept setting).
 SET_ORDER = ("star", "Zorblat", "striped", "red", "circle", "Mirelda", "checkered", "blue", "heart", "Quenby",
              "outlined", "green")
 SET_SIZES = (1, 2, 4, 8, 12)
+CONCEPT_SETS = {
+    "world-many": (SET_ORDER, SET_SIZES, "the first k of a fixed list across shapes, characters, styles and colours"),
+    "world-characters": (tuple(c.name for c in vocab.CHARACTERS), (1, 2, 3, 4), "the first k of the world's four "
+                         "characters"),
+}
 SETS_VERSION = "1"
 
 
@@ -265,31 +271,36 @@ def _mentions(family: str, value: str) -> list[str]:
     return [captions.in_template(t, noun) for t in TEMPLATES[:4]]
 
 
-def build_sets() -> dict:
-    """The many-concepts protocol: for each k, the first k of SET_ORDER with four prompts each (acc_e), and two
+def build_sets(name: str = "world-many") -> dict:
+    """A many-concepts protocol: for each k, the first k of its order with four prompts each (acc_e), and two
     prompts for every other shape, colour, style and character (acc_s, and fid between base and erased)."""
+    order, sizes, what = CONCEPT_SETS[name]
     values = [(f, c.name) for f in ("shape", "colour", "style") for c in vocab.FAMILIES[f]]
     values += [("character", c.name) for c in vocab.CHARACTERS]
     family = dict((v, f) for f, v in values)
     sets = {}
-    for k in SET_SIZES:
-        erased = SET_ORDER[:k]
+    for k in sizes:
+        erased = order[:k]
         sets[str(k)] = {
             "concepts": list(erased),
             "erased": _expects([(p, [_check(family[c], c)]) for c in erased for p in _mentions(family[c], c)]),
             "kept": _expects([(p, [_check(f, v)]) for f, v in values if v not in erased
                               for p in _mentions(f, v)[:2]]),
         }
-    return {"format": 2, "name": "world-many", "version": SETS_VERSION,
-            "description": "Many concepts at once: the first k of a fixed list across shapes, characters, styles "
-                           "and colours, erased in one run. acc_e: the judge still sees an erased concept on a "
-                           "prompt naming it; acc_s: every other value named alone is drawn; fid: base vs erased "
-                           "on those kept prompts.",
+    return {"format": 2, "name": name, "version": SETS_VERSION,
+            "description": f"Many concepts at once: {what}, erased in one run. acc_e: the judge still sees an "
+                           "erased concept on a prompt naming it; acc_s: every other value named alone is drawn; "
+                           "fid: base vs erased on those kept prompts.",
             "judge": {"name": "world", "options": {}}, "sampling": dict(SAMPLING), "seeds": [0, 1, 2, 3],
             "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0}, "sets": sets}
 
 
-SETS_PATH = OUT_DIR / "sets" / "world-many.json"
+def sets_path(name: str) -> Path:
+    return OUT_DIR / "sets" / f"{name}.json"
+
+
+def render_sets(name: str) -> str:
+    return json.dumps(build_sets(name), indent=1) + "\n"
 
 
 def out_path(task: str, version: str = VERSIONS[-1]) -> Path:
@@ -306,9 +317,10 @@ def main() -> None:
         path.parent.mkdir(exist_ok=True)
         path.write_text(render_json(task, version))
         print(f"wrote {path}")
-    SETS_PATH.parent.mkdir(exist_ok=True)
-    SETS_PATH.write_text(json.dumps(build_sets(), indent=1) + "\n")
-    print(f"wrote {SETS_PATH}")
+    for name in CONCEPT_SETS:
+        sets_path(name).parent.mkdir(exist_ok=True)
+        sets_path(name).write_text(render_sets(name))
+        print(f"wrote {sets_path(name)}")
 
 
 if __name__ == "__main__":

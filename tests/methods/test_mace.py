@@ -1,0 +1,77 @@
+"""MACE's parts: token matching, both closed forms against direct least squares, the attention maps and loss."""
+
+import torch
+
+from score_erasure.backends import denoiser_for
+from score_erasure.methods import get_method
+from score_erasure.methods.mace import AttentionMaps, attention_loss, fuse, matched_positions
+from score_erasure.methods.uce import UCEConfig, uce_weight
+
+
+def _lstsq(blocks):
+    """argmin_W Σ ||W X_b - Y_b||² over (X_b, Y_b) blocks (columns are samples), through torch.linalg.lstsq."""
+    X = torch.cat([x for x, _ in blocks], 1)
+    Y = torch.cat([y for _, y in blocks], 1)
+    return torch.linalg.lstsq(X.T, Y.T).solution.T
+
+
+def test_matched_positions_leave_out_the_concept_tokens():
+    # [CLS] a picture of a star [SEP] vs [CLS] a picture of a shape [SEP], padded to 9
+    target, anchor = [101, 1, 2, 3, 1, 50, 102], [101, 1, 2, 3, 1, 60, 102]
+    pairs, own = matched_positions(target, anchor, 9)
+    assert own == [5] and pairs == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (7, 7), (8, 8)]
+    pairs, own = matched_positions([101, 50, 51, 102], [101, 102], 6)  # a two-token concept, the empty anchor
+    assert own == [1, 2] and pairs == [(0, 0), (3, 1), (4, 2), (5, 3)]
+
+
+def test_the_refinement_is_the_least_squares_solution():
+    """W_cfr = argmin λ||W' - W||² + Σ ||W' k - W v||² + s Σ ||W' p - W p||² (UCE's closed form, MACE's rows)."""
+    g = torch.Generator().manual_seed(0)
+    W, k, v, p = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((3, 5), (7, 5), (7, 5), (4, 5)))
+    lam, s = 0.7, 0.3
+    got = uce_weight(W, k, v, p, UCEConfig(erase_scale=1.0, preserve_scale=s, lamb=lam))
+    eye = torch.eye(5, dtype=torch.float64)
+    want = _lstsq([(lam ** 0.5 * eye, lam ** 0.5 * W), (k.T, W @ v.T), (s ** 0.5 * p.T, s ** 0.5 * W @ p.T)])
+    torch.testing.assert_close(got, want)
+
+
+def test_the_fusion_is_the_least_squares_solution_and_one_lora_fuses_to_itself():
+    g = torch.Generator().manual_seed(1)
+    W_cfr, W_0, W_1, W_2 = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(4))
+    E_1, E_2, P = (torch.randn(n, 5, generator=g, dtype=torch.float64) for n in (6, 2, 4))
+    lam, s = 0.5, 0.2
+    got = fuse(W_cfr, [(W_1, E_1), (W_2, E_2)], W_0, P, lam, s)
+    eye = torch.eye(5, dtype=torch.float64)
+    want = _lstsq([(lam ** 0.5 * eye, lam ** 0.5 * W_cfr), (E_1.T, W_1 @ E_1.T), (E_2.T, W_2 @ E_2.T),
+                   (s ** 0.5 * P.T, s ** 0.5 * W_0 @ P.T)])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(fuse(W_cfr, [(W_1, E_1)], W_0, P, 0.0, 0.0), W_1)  # E_1 spans the space
+
+
+def test_the_attention_maps_are_the_cross_attention_probabilities(pipe):
+    denoiser = denoiser_for(pipe)
+    cond, x, t = denoiser.encode(["a star"]), torch.randn(1, 4, 8, 8), denoiser.timesteps(4)[1]
+    with AttentionMaps(denoiser.network) as maps:
+        out = denoiser.predict(x, t, cond)
+    recorded = maps.take()
+    assert len(recorded) == len(maps.layers) > 0 and not maps.maps
+    assert all(torch.allclose(a.sum(-1), torch.ones(())) and a.shape[-1] == cond.shape[1] for a in recorded)
+    torch.testing.assert_close(out, denoiser.predict(x, t, cond))  # recording changes nothing
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    assert attention_loss(recorded, mask, [1]) == 0  # nothing inside an empty mask
+    full = attention_loss(recorded, torch.ones(8, 8, dtype=torch.bool), [1, 2])
+    assert full == sum(a[:, :, [1, 2]].pow(2).sum().sqrt() for a in recorded)
+
+
+def test_mace_erases_several_concepts_in_one_run(pipe):
+    from score_erasure.spec import ConceptSpec
+
+    spec = ConceptSpec(concepts=["star", "circle"], target_prompts=["a star", "a circle"],
+                       anchor_prompts=["a shape", "a shape"], retain_prompts=["a square"])
+    denoiser, method = denoiser_for(pipe), get_method("mace")
+    before = {k: v.detach().clone() for k, v in denoiser.parameters("xattn-kv").items()}
+    trace = method.fit(denoiser, spec, method.config({"lora_steps": 2, "images": 1, "steps": 2}), show_progress=False)
+    assert [r["concept"] for r in trace.rows] == [0.0, 0.0, 1.0, 1.0]
+    after = denoiser.parameters("xattn-kv")
+    assert all(not torch.equal(after[k], v) for k, v in before.items())
+    assert not any("lora" in k for k, _ in denoiser.network.named_parameters())
