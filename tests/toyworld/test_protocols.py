@@ -17,6 +17,26 @@ def test_packaged_file_is_the_generator_output(task, version):
         "regenerate with `python -m score_erasure.toyworld.protocols`"
 
 
+@pytest.mark.parametrize("name", list(protocols.CONCEPT_SETS))
+def test_packaged_concept_sets_are_the_generator_output(name):
+    from score_erasure.evaluation.protocol import load_sets, packaged_sets_path
+
+    path = packaged_sets_path(name)
+    assert path == protocols.sets_path(name) and path.read_text() == protocols.render_sets(name)
+    sets = load_sets(path)
+    order, sizes, _ = protocols.CONCEPT_SETS[name]
+    assert [list(sets.sets[str(k)].concepts) for k in sizes] == [list(order[:k]) for k in sizes]
+
+
+def test_an_unknown_concept_sets_name_is_one_line():
+    from score_erasure.errors import UserError
+    from score_erasure.evaluation.protocol import packaged_sets_path
+
+    with pytest.raises(UserError, match="unknown concept sets 'world-few'; choose one of: world-characters, "
+                                        "world-many, or a JSON file"):
+        packaged_sets_path("world-few")
+
+
 def test_look_alikes_are_the_values_nearest_in_the_judges_feature_space():
     """Look-alikes are data measured, not chosen: the two candidates nearest to the concept's renders."""
     p = load_protocol(packaged_path("object"))
