@@ -72,3 +72,16 @@ def test_separations_are_the_pairs_whose_intervals_do_not_overlap():
     rows = [row("a", 0.9, 0.85, 0.95), row("b", 0.5, 0.4, 0.6), row("c", 0.8, 0.55, 0.9)]
     found = separations(rows, ("h", "fid_ratio"))
     assert found == ["h: a 0.9 vs b 0.5", "fid_ratio: b 0.5 vs a 0.9"]  # lower fid_ratio is better
+
+
+def test_a_run_of_the_concept_sets_alone_names_no_attack_and_costs_its_curves():
+    from score_erasure.jobs.leaderboard_page import leaderboard_markdown
+
+    metric = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    point = {"method": "uce", "k": 1, "concepts": ["Zorblat"], "status": "ok", "error": None, "erase_seconds": 1.0,
+             "seconds": 30.0, "metrics": {"acc_e": metric, "acc_s": metric, "fid": metric, "base_acc_e": metric}}
+    text = leaderboard_markdown({"command": "score leaderboard --tasks ''", "model": "embedded",
+                                 "attacks": ["unlearndiff"], "certify": False, "seconds": 30.0,
+                                 "compute": {"threads": 1}, "tasks": {}, "curves": [point]})
+    assert "attacks" not in text.splitlines()[0]
+    assert "| method | concept sets | total |\n|---|---|---|\n| uce | 30 | 30 |" in text
