@@ -119,7 +119,7 @@ class AttentionMaps:
 
 def layer_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     """A (H, W) mask at a layer's resolution (`pixels` positions), flattened: nearest resize."""
-    side = math.isqrt(pixels * mask.shape[1] // mask.shape[0]) if pixels else 0
+    side = math.isqrt(pixels * mask.shape[1] // mask.shape[0])
     size = (pixels // side, side)
     return F.interpolate(mask[None, None].float(), size=size, mode="nearest").flatten() > 0.5
 
@@ -140,11 +140,14 @@ def concept_mask(maps: list[torch.Tensor], tokens: list[int], size: tuple[int, i
     return heat > heat.mean()
 
 
-def _bump(rng: np.random.Generator, importance: bool) -> int:
-    t = np.arange(1000)
-    weights = (1 / (1 + np.exp(-0.05 * (t - 200))) - 1 / (1 + np.exp(-0.05 * (t - 400)))) if importance \
-        else np.ones(1000)
-    return int(rng.choice(t, p=weights / weights.sum()))
+_T = np.arange(1000)
+_BUMP = 1 / (1 + np.exp(-0.05 * (_T - 200))) - 1 / (1 + np.exp(-0.05 * (_T - 400)))
+_BUMP /= _BUMP.sum()
+
+
+def _timestep(rng: np.random.Generator, importance: bool) -> int:
+    """t from the bump on [200, 400] (importance sampling), else uniform over the 1,000 training steps."""
+    return int(rng.choice(_T, p=_BUMP)) if importance else int(rng.integers(1000))
 
 
 # --- the method ---------------------------------------------------------------------------------------
@@ -159,8 +162,9 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
     weights = {n: W for n, W in denoiser.parameters(cfg.group).items() if W.ndim == 2}
     original = {n: W.detach().clone() for n, W in weights.items()}
     with torch.no_grad():
-        states = {p: s for p, s in zip(spec.target_prompts + spec.anchor_prompts, denoiser.token_states(
-            denoiser.encode(spec.target_prompts + spec.anchor_prompts)), strict=True)}
+        conds = dict(zip(spec.target_prompts + spec.anchor_prompts,
+                         denoiser.encode(spec.target_prompts + spec.anchor_prompts), strict=True))
+        states = {p: denoiser.token_states(c[None])[0] for p, c in conds.items()}
         preserve = (denoiser.token_states(denoiser.encode(spec.retain_prompts)).flatten(0, 1) if spec.retain_prompts
                     else next(iter(states.values()))[:0])
     length = next(iter(states.values())).shape[0]
@@ -174,7 +178,7 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
         rows_anchor += [states[anchor][j] for _, j in pairs]
         concept_tokens[target] = own + list(range(len(ids[target]) - 1, length))  # + the end token and padding
     prompts = [[p for p in spec.target_prompts if mentions(p, [c])] or spec.target_prompts for c in spec.concepts]
-    data = [_concept_data(denoiser, ps, concept_tokens, cfg, k) for k, ps in enumerate(prompts)]  # from the base
+    data = [_concept_data(denoiser, ps, conds, concept_tokens, cfg, k) for k, ps in enumerate(prompts)]  # base
 
     # stage 1: context tokens of each (target, anchor) pair onto the anchor's
     closed = UCEConfig(erase_scale=1.0, preserve_scale=cfg.preserve_scale, lamb=cfg.lamb)
@@ -192,10 +196,10 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
         def step(_, k=k, rng=rng):
             x0, mask = data[k][int(rng.integers(len(data[k])))]
             p = prompts[k][int(rng.integers(len(prompts[k])))]
-            t = torch.tensor([_bump(rng, cfg.importance_sampling)], device=x0.device)
+            t = torch.tensor([_timestep(rng, cfg.importance_sampling)], device=x0.device)
             noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(x0)
             with maps:
-                denoiser.predict(denoiser.add_noise(x0, noise, t), t, denoiser.encode([p]))
+                denoiser.predict(denoiser.add_noise(x0, noise, t), t, conds[p][None])
             return attention_loss(maps.take(), mask.to(x0.device), concept_tokens[p]), {"concept": float(k)}
 
         trace.rows += finetune(params, step, cfg.lora_steps, cfg.lr, label=f"mace ({concept})",
@@ -217,14 +221,14 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
 
 
 @torch.no_grad()
-def _concept_data(denoiser, prompts: list[str], concept_tokens: dict, cfg: MACEConfig,
-                  k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _concept_data(denoiser, prompts: list[str], conds: dict[str, torch.Tensor], concept_tokens: dict,
+                  cfg: MACEConfig, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The base model's samples of concept k ((1, C, H, W) latents) with their masks (H, W)."""
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, 1, k]).generate_state(1)[0]))
     data = []
     for i in range(cfg.images):
         prompt = prompts[i % len(prompts)]
-        cond = denoiser.encode([prompt])
+        cond = conds[prompt][None]
         x0 = denoiser.sample(cond, cfg.steps, guidance=cfg.guidance, generator=generator)
         mask = torch.ones(x0.shape[-2:], dtype=torch.bool)
         if cfg.masked:

@@ -66,8 +66,8 @@ def trajectory_points(denoiser, cond: torch.Tensor, cfg: UCEConfig, steps: int =
     return points
 
 
-def _inputs(denoiser, prompts: list[str], reads: str) -> torch.Tensor:
-    cond = denoiser.encode(prompts)
+def _inputs(denoiser, cond: torch.Tensor, reads: str) -> torch.Tensor:
+    """What a conditioning reader reads of `cond`: its pooled vectors or its token states."""
     return denoiser.pooled(cond) if reads == "pooled" else denoiser.token_states(cond)
 
 
@@ -84,8 +84,8 @@ def rece(denoiser, spec: ConceptSpec, cfg: RECEConfig, **_) -> Trace:
     base_gap = concept_gap(denoiser, points, cond_t, cond_a)
     uce(denoiser, spec, cfg)
     kinds = {reads: [n for n in weights if readers[n] == reads] for reads in dict.fromkeys(readers[n] for n in weights)}
-    targets = {reads: _inputs(denoiser, spec.target_prompts, reads) for reads in kinds}
-    anchors = {reads: _inputs(denoiser, spec.anchor_prompts, reads) for reads in kinds}
+    targets = {reads: _inputs(denoiser, cond_t, reads) for reads in kinds}
+    anchors = {reads: _inputs(denoiser, cond_a, reads) for reads in kinds}
     preserve = {reads: conditioning_rows(denoiser, spec, cfg, reads)[2] for reads in kinds}
     last_t, last_a = last_positions(denoiser, spec.target_prompts), last_positions(denoiser, spec.anchor_prompts)
 
