@@ -1,7 +1,8 @@
-"""How much torch's thread count moves the embedded model's numbers: the same inputs through the text encoder,
-one UNet prediction, a VAE decoding, the judge's features, one Adam step and five DDIM steps, with 1 and with 2
-threads, each in its own process; prints the largest difference of each (0 means bit-identical) and writes
-JSON. Quoted in docs/reliability.md.
+"""How much torch's thread count and the CPU's kernels move the embedded model's numbers: the same inputs through
+the text encoder, one UNet prediction, a VAE decoding, the judge's features, one Adam step and five DDIM steps,
+with 2 threads (the reference), with 1, and with 2 threads on the AVX2 kernels (what a CPU without AVX-512
+runs), each in its own process; prints the largest difference of each from the reference (0 means
+bit-identical) and writes JSON. Quoted in docs/reliability.md.
 
     python benchmarks/thread_probe.py [--out runs/thread-probe.json]
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,11 @@ def probe(threads: int, path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in outputs.items()}, str(path))
 
 
+# name -> (torch threads, environment): the AVX2 variant caps ATen's, oneDNN's and MKL's code paths at AVX2
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+VARIANTS = {"2 threads": (2, {}), "1 thread": (1, {}), "2 threads, AVX2 kernels": (2, AVX2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/thread-probe.json"))
@@ -57,17 +64,20 @@ def main() -> None:
         probe(int(args.child[0]), Path(args.child[1]))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {n: Path(tmp) / f"{n}.safetensors" for n in (1, 2)}
-        for n, path in runs.items():
-            subprocess.run([sys.executable, __file__, "--child", str(n), str(path)], check=True)
-        one, two = (load_file(str(p)) for p in runs.values())
-    rows = {k: float((one[k].double() - two[k].double()).abs().max()) for k in one}
-    print("| output | max abs difference, 1 vs 2 threads |\n|---|---|")
-    for name, diff in rows.items():
-        print(f"| {name} | {diff:.2g} |")
+        outputs = {}
+        for name, (threads, env) in VARIANTS.items():
+            path = Path(tmp) / f"{len(outputs)}.safetensors"
+            subprocess.run([sys.executable, __file__, "--child", str(threads), str(path)], check=True,
+                           env={**os.environ, **env})
+            outputs[name] = load_file(str(path))
+    reference, *others = outputs
+    rows = {other: {k: float((outputs[reference][k].double() - v.double()).abs().max())
+                    for k, v in outputs[other].items()} for other in others}
+    print("| output | " + " | ".join(f"{o} vs {reference}" for o in others) + " |\n|---|" + "---|" * len(others))
+    for k in outputs[reference]:
+        print(f"| {k} | " + " | ".join(f"{rows[o][k]:.2g}" for o in others) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -148,7 +148,9 @@ def test_peak_rss_can_be_restarted_for_one_phase():
 
 HOOKS = {"dve": ({"strength": 1.0}, {"concept", "anchor"}, {}),
          "semantic-surgery": ({"concepts": ["star"], "gamma": 0.02, "threshold": 0.5}, {"neutral", "concept", "bias"},
-                              {"bias": 10.0})}
+                              {"bias": 10.0}),
+         "cgce": ({"concepts": ["star"], "threshold": 0.5, "target": 0.05, "step": 0.02, "steps": 20},
+                  {"neutral", "W", "q", "w", "b"}, {"train_steps": 200})}
 
 
 @pytest.mark.parametrize("name", list(HOOKS))
@@ -157,8 +159,8 @@ def test_an_inference_time_edit_survives_the_delta_and_refuses_to_merge(name, ti
     out = tmp_path / name
     delta = erase(str(tiny_model_dir), name, SPEC, out, overrides=config, show_progress=False)
     assert delta.hooks == {name: settings} and set(delta.tensors) == {f"hook.{name}.{t}" for t in tensors}
-    base = generate(load_pipeline(str(tiny_model_dir)), ["a star"], [0, 1], steps=3, show_progress=False)
-    erased = generate(load_pipeline(str(out)), ["a star"], [0, 1], steps=3, show_progress=False)
+    base = generate(load_pipeline(str(tiny_model_dir)), ["star"], [0, 1], steps=3, show_progress=False)
+    erased = generate(load_pipeline(str(out)), ["star"], [0, 1], steps=3, show_progress=False)  # a target prompt
     assert not np.array_equal(base, erased)  # the hook was re-installed from the delta
     with pytest.raises(UserError, match="inference time"):
         erase(str(tiny_model_dir), name, SPEC, tmp_path / "m", save_pipeline=True, show_progress=False)

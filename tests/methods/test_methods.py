@@ -24,7 +24,8 @@ def test_method_changes_only_its_group(name, pipe, spec):
     method.fit(denoiser, spec, cfg, show_progress=False)
     changed = _changed(before, denoiser.network)
     assert changed, f"{name} changed nothing"
-    allowed = set(denoiser_for(pipe).parameters(cfg.group))
+    groups = {"trce": ("xattn-kv", "image-attn")}.get(name, (getattr(cfg, "group", None),))
+    allowed = set().union(*(denoiser_for(pipe).parameters(g) for g in groups))
     assert changed <= allowed, sorted(changed - allowed)[:3]
     if name == "esd-x":
         assert all(re.search(r"attn2\.", k) for k in changed)
@@ -35,6 +36,9 @@ def test_method_changes_only_its_group(name, pipe, spec):
         assert not any("lora" in k or "base_layer" in k for k, _ in denoiser.network.named_parameters())
     if name == "uce":
         assert all(re.search(r"attn2\.to_[kv]\.weight", k) for k in changed)
+    if name == "trce":  # stage 1 on the K/V, stage 2 on the self-attention and the queries
+        assert any(re.search(r"attn2\.to_[kv]\.weight", k) for k in changed)
+        assert any(re.search(r"attn1\.", k) for k in changed)
 
 
 def test_score_reports_the_mi_estimate_and_saliency(pipe, spec):
@@ -78,7 +82,7 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    names = "score, ant, esd-x, esd-u, esd, uce, mace, rece, score-robust, dve, semantic-surgery"
+    names = "score, ant, esd-x, esd-u, esd, uce, mace, rece, trce, score-robust, dve, semantic-surgery, cgce"
     with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")
 
@@ -180,3 +184,37 @@ def test_semantic_surgery_joins_the_concepts_present_into_one_direction(pipe):
     e, n = denoiser.encode(["a square"]), denoiser.encode([""])
     torch.testing.assert_close(hook.edit(e)[0], e[0] - (denoiser.encode(["star, circle"])[0] - n[0]), atol=1e-3,
                                rtol=1e-3)  # ρ = sigmoid(>= 400) = 1
+
+
+def test_trce_stage_one_moves_the_end_token_onto_its_anchor(pipe, spec):
+    """Stage 1 alone (no fine-tune), with little regularisation: only the K/V change, and they now read each
+    target prompt's end token as its anchor's."""
+    from score_erasure.methods.trce import end_token_rows
+
+    denoiser = denoiser_for(pipe)
+    kv = {k: v.detach().clone() for k, v in denoiser.parameters("xattn-kv").items() if v.ndim == 2}
+    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    rows_t, rows_a = end_token_rows(denoiser, spec.target_prompts), end_token_rows(denoiser, spec.anchor_prompts)
+    get_method("trce").fit(denoiser, spec, get_method("trce").config({**FAST["trce"], "iterations": 0, "lamb": 1e-4,
+                                                                      "preserve_scale": 0}),
+                           show_progress=False)
+    assert _changed(before, denoiser.network) == set(kv)
+    for name, W in denoiser.parameters("xattn-kv").items():
+        if name in kv:
+            gap_before = (rows_t @ kv[name].T - rows_a @ kv[name].T).norm()
+            assert (rows_t @ W.T - rows_a @ kv[name].T).norm() < 0.05 * gap_before, name
+
+
+def test_cgce_refines_only_what_its_classifier_flags(pipe, spec):
+    """The trained classifier separates the concept's prompts from the others; a flagged conditioning is moved
+    until it no longer fires; the others and the unconditional row pass unchanged."""
+    denoiser = denoiser_for(pipe)
+    method = get_method("cgce")
+    trace = method.fit(denoiser, spec, method.config({"train_steps": 200}), show_progress=False)
+    assert trace.info["p_named_min"] > 0.5 > trace.info["p_other_max"]
+    hook = denoiser.network.__dict__["_score_erasure_hooks"]["cgce"]
+    e = denoiser.encode(["a star", "a circle", ""])
+    edited = hook.edit(e)
+    assert not torch.equal(edited[0], e[0]) and torch.equal(edited[1:], e[1:])
+    assert torch.sigmoid(hook.classify(edited[:1])).max() < hook.target
+    assert hook.refined == 1

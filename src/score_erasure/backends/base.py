@@ -19,16 +19,18 @@ from score_erasure.errors import UserError
 from score_erasure.options import DTYPES, OPTIONS
 
 FAMILIES = ("sd", "sdxl", "flux")  # SD1.x/2.x and the embedded model; SDXL; FLUX and embedded-flux
-PARAMETER_GROUPS = ("inputs", "xattn-kv", "xattn", "non-xattn", "full")
+PARAMETER_GROUPS = ("inputs", "xattn-kv", "xattn", "non-xattn", "image-attn", "full")
 
 
 class Denoiser(ABC):
     """A text-conditioned denoising network plus everything needed to run it on prompts."""
 
-    #: regexes over parameter names, per backend: the K/V projections that read text, and all of the
-    #: attention that reads text
+    #: regexes over parameter names, per backend: the K/V projections that read text, all of the attention
+    #: that reads text, and the image stream's own attention (its self-attention and the queries with which
+    #: it reads the text)
     XATTN_KV: str
     XATTN: str
+    IMAGE_ATTN: str
     #: attribute of the pipeline that holds the network (`unet`, `transformer`)
     network_attr: str
     #: the network family a method declares support for: one of FAMILIES
@@ -134,7 +136,7 @@ class Denoiser(ABC):
     # --- parameters ------------------------------------------------------------------------------
     def parameters(self, group: str) -> dict[str, nn.Parameter]:
         """Named parameters of a group: `inputs` (the weights that read the conditioning itself), `xattn-kv`,
-        `xattn`, `non-xattn` (ESD-u) or `full`."""
+        `xattn`, `non-xattn` (ESD-u), `image-attn` (TRCE's second stage) or `full`."""
         if group not in PARAMETER_GROUPS:
             raise UserError(f"unknown parameter group '{group}'; choose one of: {', '.join(PARAMETER_GROUPS)}")
         named = dict(self.network.named_parameters())
@@ -142,8 +144,9 @@ class Denoiser(ABC):
             return named
         if group == "inputs":
             return {k: named[k] for k in self.conditioning_readers()}
-        if group == "xattn-kv":
-            return {k: v for k, v in named.items() if re.search(self.XATTN_KV, k)}
+        if group in ("xattn-kv", "image-attn"):
+            pattern = self.XATTN_KV if group == "xattn-kv" else self.IMAGE_ATTN
+            return {k: v for k, v in named.items() if re.search(pattern, k)}
         xattn = {k: v for k, v in named.items() if re.search(self.XATTN, k)}
         return xattn if group == "xattn" else {k: v for k, v in named.items() if k not in xattn}
 

@@ -39,6 +39,7 @@ DEFAULT_DISTILLED_GUIDANCE = 3.5  # FLUX.1-dev's default
 class FluxDenoiser(PooledConditioning, Denoiser, family="flux", network_attr="transformer"):
     XATTN_KV = r"(^|\.)transformer_blocks\.\d+\.attn\.add_[kv]_proj\."
     XATTN = r"(^|\.)transformer_blocks\.\d+\.attn\.(add_[qkv]_proj|to_add_out|norm_added_[qk])\."
+    IMAGE_ATTN = r"(^|\.)attn\.(to_[qkv]|to_out\.0|norm_[qk])\."
 
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)

@@ -11,6 +11,7 @@ from score_erasure.backends.base import Denoiser, encode_with_input_embeddings
 class SDDenoiser(Denoiser, family="sd", network_attr="unet"):
     XATTN_KV = r"attn2\.to_[kv]\."
     XATTN = r"attn2\."
+    IMAGE_ATTN = r"attn1\.|attn2\.to_q\."
 
     def __init__(self, pipe, network=None):
         super().__init__(pipe, network)

@@ -17,13 +17,14 @@ from pydantic import BaseModel
 from score_erasure.backends import FAMILIES, Denoiser
 from score_erasure.delta import HookRestorer
 from score_erasure.errors import UserError, validated_config
-from score_erasure.methods import dve, semantic_surgery
+from score_erasure.methods import cgce, dve, semantic_surgery
 from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.mace import MACEConfig, mace
 from score_erasure.methods.rece import RECEConfig, rece
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
+from score_erasure.methods.trce import TRCEConfig, trce
 from score_erasure.methods.uce import UCEConfig, uce
 from score_erasure.spec import ConceptSpec
 
@@ -84,6 +85,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            families=("sd", "sdxl")),
     Method("rece", rece, RECEConfig, "weight-edit", "RECE: UCE, then rounds erasing the embedding that still "
            "regenerates the concept"),
+    Method("trce", trce, TRCEConfig, "fine-tune", "TRCE: closed-form edit of the end token, then a triplet "
+           "fine-tune of the early steps", smoke={"iterations": 2, "trajectories": 2, "preserve_trajectories": 1,
+                                                  "steps": 4, "early": 2}, families=("sd", "sdxl")),
     Method("score-robust", score_robust, ScoreRobustConfig, "fine-tune",
            "SCORE + prompts an inner attack finds on the fly",
            smoke={**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1}),
@@ -92,6 +96,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("semantic-surgery", semantic_surgery.semantic_surgery, semantic_surgery.SemanticSurgeryConfig, "hook",
            "Semantic Surgery: the concept direction subtracted from the text embedding, gated by its presence",
            restore=semantic_surgery.restore),
+    Method("cgce", cgce.cgce, cgce.CGCEConfig, "hook",
+           "CGCE: a classifier on text embeddings flags the concept; flagged embeddings follow its gradient away",
+           smoke={"train_steps": 20, "steps": 3}, restore=cgce.restore),
 )}
 
 
