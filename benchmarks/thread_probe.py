@@ -51,7 +51,8 @@ def probe(threads: int, path: Path) -> None:
 
 
 # name -> (torch threads, environment): the AVX2 variant caps ATen's, oneDNN's and MKL's code paths at AVX2
-AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 VARIANTS = {"2 threads": (2, {}), "1 thread": (1, {}), "2 threads, AVX2 kernels": (2, AVX2)}
 
 

@@ -103,7 +103,8 @@ def trce(denoiser, spec: ConceptSpec, cfg: TRCEConfig, checkpointing: Checkpoint
             for rows in torch.arange(len(pick)).split(cfg.chunk):
                 c, a = targets[[pick[i] for i in rows]], anchors[[pick[i] for i in rows]]
                 x = z[k, rows]
-                e_c, e_a, e_u = denoiser.predict(torch.cat([x, x, x]), t, torch.cat([c, a, uncond.expand_as(c)])).chunk(3)
+                e_c, e_a, e_u = denoiser.predict(torch.cat([x, x, x]), t,
+                                                 torch.cat([c, a, uncond.expand_as(c)])).chunk(3)
                 f_safe[k, rows] = e_a + cfg.amplify * (e_a - e_u)
                 f_unsafe[k, rows] = e_c + cfg.amplify * (e_c - e_u)
         retained = denoiser.encode(retain)
