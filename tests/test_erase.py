@@ -149,7 +149,7 @@ def test_peak_rss_can_be_restarted_for_one_phase():
 HOOKS = {"dve": ({"strength": 1.0}, {"concept", "anchor"}, {}),
          "semantic-surgery": ({"concepts": ["star"], "gamma": 0.02, "threshold": 0.5}, {"neutral", "concept", "bias"},
                               {"bias": 10.0}),
-         "cgce": ({"concepts": ["star"], "threshold": 0.5, "target": 0.05, "step": 0.02, "steps": 20},
+         "cgce": ({"concepts": ["star"], "threshold": 0.5, "target": 1e-4, "step": 0.1, "steps": 30},
                   {"neutral", "W", "q", "w", "b"}, {"train_steps": 200})}
 
 

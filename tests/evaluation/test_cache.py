@@ -37,6 +37,24 @@ def test_key_separates_models_and_sampling(tiny_pipe, tmp_path):
     assert sampling_key(FAST) != sampling_key(Sampling(steps=2, guidance=5.0))
 
 
+def test_images_drawn_with_another_thread_count_are_not_reused(tiny_pipe, tmp_path):
+    """The thread count moves the last bits of every image: a cache shared by a one-thread and a two-thread run
+    would otherwise hand each the other's images."""
+    import torch
+
+    threads = torch.get_num_threads()
+    ImageCache(tmp_path).images(tiny_pipe, "model-a", FAST, ["a star"], [0], show_progress=False)
+    try:
+        torch.set_num_threads(1 if threads != 1 else 2)
+        other = ImageCache(tmp_path)
+        other.images(tiny_pipe, "model-a", FAST, ["a star"], [0], show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    same = ImageCache(tmp_path)
+    same.images(tiny_pipe, "model-a", FAST, ["a star"], [0], show_progress=False)
+    assert (other.hits, other.generated, same.hits) == (0, 1, 1)
+
+
 def test_disabled_cache_always_generates(tiny_pipe, tmp_path):
     cache = ImageCache(None)
     cache.images(tiny_pipe, "model-a", FAST, ["a star"], [0], show_progress=False)

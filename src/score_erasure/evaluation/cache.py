@@ -3,7 +3,9 @@
 A rerun, a second model against the same base, or a bench of several methods generates each base image
 once. The key holds what decides the pixels: the model hash (`ModelRef.hash`), the sampler, steps and guidance
 (every protocol field that changes images, and nothing else: editing a protocol's prompt list invalidates
-only the prompts it changed), the prompt and the seed. PNG is lossless, so a cached image is the image.
+only the prompts it changed), the device, torch's thread count and CPU kernel level (images drawn with one
+thread differ in their last bits from those drawn with two: a cache shared by runs of both would mix them),
+the prompt and the seed. PNG is lossless, so a cached image is the image.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from score_erasure import parallel
 from score_erasure.evaluation.protocol import Sampling
 from score_erasure.generate import generate
 from score_erasure.io import atomic_write
+from score_erasure.options import OPTIONS
+from score_erasure.provenance import compute
 
 CACHE_FORMAT = 1
 CACHE_ENV = "SCORE_CACHE"
@@ -51,8 +55,10 @@ def use_sampler(pipe, sampler: str) -> None:
 
 
 def sampling_key(sampling: Sampling) -> str:
-    return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **sampling.model_dump()}, sort_keys=True)
-                          .encode()).hexdigest()[:16]
+    """The sampling settings and what computes them (device, threads, CPU kernels), hashed."""
+    computed_by = {**compute(), "device": OPTIONS.torch_device().type}
+    return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **sampling.model_dump(), "computed_by": computed_by},
+                                     sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -46,9 +46,9 @@ class CGCEConfig(BaseModel):
     lr: float = Field(1e-2, gt=0)
     noise: float = Field(0.1, ge=0)  # embedding noise while training, relative to the per-token scale
     threshold: float = Field(0.5, gt=0, lt=1)  # τ: a prompt is refined when some p_k >= τ
-    target: float = Field(0.05, gt=0, lt=1)  # refinement stops when every p_k < target
-    step: float = Field(0.02, gt=0)  # η, relative to the embedding's norm
-    steps: int = Field(20, ge=1)
+    target: float = Field(1e-4, gt=0, lt=1)  # refinement stops when every p_k < target
+    step: float = Field(0.1, gt=0)  # η, relative to the embedding's norm
+    steps: int = Field(30, ge=1)
     seed: int = 0
 
 

@@ -21,7 +21,7 @@ both the conditional and the unconditional prediction sit on the safe side by a 
 unconditional prediction elsewhere stays what stage 1 left:
 
     L_erase = ½ Σ_{y in (c, ∅)} max(0, β (|ε(z_t, y) - f_safe|² - |ε(z_t, y) - f_unsafe|² + m))
-    L_pres  = |ε(z_u, ∅) - ε_1(z_u, ∅)|²                 z_u on the retained prompts' trajectories
+    L_pres  = |ε(z_u, ∅) - ε_1(z_u, ∅)|²                 z_u anywhere on the retained prompts' trajectories
     L       = L_erase + λ_p L_pres
 
 Defaults are the reference's (g 15, β 1, m 0.01, λ_p 100, trajectories at guidance 3 over 50 steps, the first 25
@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
 from score_erasure.methods.uce import UCEConfig, last_positions, uce_weight
+from score_erasure.progress import progress_bar
 from score_erasure.spec import ConceptSpec
 
 
@@ -74,17 +75,21 @@ def end_token_rows(denoiser, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def early_points(denoiser, cond: torch.Tensor, cfg: TRCEConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `cfg.early` points of one trajectory per row of `cond`: latents (early, N, ...) and timesteps."""
-    timesteps, keep = denoiser.timesteps(cfg.steps), min(cfg.early, cfg.steps)
+def trajectory_points(denoiser, cond: torch.Tensor, cfg: TRCEConfig, seed: int, keep: int, label: str = "",
+                      show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `keep` points of one trajectory per row of `cond`: latents (keep, N, ...) and their timesteps."""
+    timesteps, keep = denoiser.timesteps(cfg.steps), min(keep, cfg.steps)
     chunks = []
-    for k, rows in enumerate(cond.split(cfg.chunk)):
-        generator, x, points = torch.Generator().manual_seed(seed + k), None, []
-        for position in range(keep):
-            x = denoiser.sample(rows, cfg.steps, until=position, guidance=cfg.guidance, generator=generator, x=x,
-                                start=max(position - 1, 0))
-            points.append(x)
-        chunks.append(torch.stack(points))
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(label, total=len(cond), info="", visible=show_progress)
+        for k, rows in enumerate(cond.split(cfg.chunk)):
+            generator, x, points = torch.Generator().manual_seed(seed + k), None, []
+            for position in range(keep):
+                x = denoiser.sample(rows, cfg.steps, until=position, guidance=cfg.guidance, generator=generator, x=x,
+                                    start=max(position - 1, 0))
+                points.append(x)
+            chunks.append(torch.stack(points))
+            bar.update(task, advance=len(rows))
     return torch.cat(chunks, dim=1), timesteps[:keep]
 
 
@@ -97,7 +102,8 @@ def trce(denoiser, spec: ConceptSpec, cfg: TRCEConfig, checkpointing: Checkpoint
         targets, anchors = denoiser.encode(spec.target_prompts), denoiser.encode(spec.anchor_prompts)
         uncond = denoiser.unconditional()
         # stage 2's data, from the base model
-        z, timesteps = early_points(denoiser, targets[pick], cfg, cfg.seed)
+        z, timesteps = trajectory_points(denoiser, targets[pick], cfg, cfg.seed, cfg.early, "trce: trajectories",
+                                         show_progress)
         f_safe, f_unsafe = torch.empty_like(z), torch.empty_like(z)
         for k, t in enumerate(timesteps):
             for rows in torch.arange(len(pick)).split(cfg.chunk):
@@ -108,8 +114,10 @@ def trce(denoiser, spec: ConceptSpec, cfg: TRCEConfig, checkpointing: Checkpoint
                 f_safe[k, rows] = e_a + cfg.amplify * (e_a - e_u)
                 f_unsafe[k, rows] = e_c + cfg.amplify * (e_c - e_u)
         retained = denoiser.encode(retain)
-        z_u, _ = early_points(denoiser, retained[[j % len(retain) for j in range(cfg.preserve_trajectories)]], cfg,
-                              cfg.seed + 10_000)
+        z_u, timesteps_u = trajectory_points(denoiser, retained[[j % len(retain) for j in
+                                                                 range(cfg.preserve_trajectories)]],
+                                             cfg, cfg.seed + 10_000, cfg.steps, "trce: retained trajectories",
+                                             show_progress)
 
         # stage 1: the end token of each target prompt onto its anchor's
         closed = UCEConfig(erase_scale=1.0, preserve_scale=cfg.preserve_scale, lamb=cfg.lamb)
@@ -118,7 +126,7 @@ def trce(denoiser, spec: ConceptSpec, cfg: TRCEConfig, checkpointing: Checkpoint
         for W in (W for W in denoiser.parameters("xattn-kv").values() if W.ndim == 2):
             W.copy_(uce_weight(W, rows_t, rows_a, preserve, closed))
         anchor_u = torch.stack([denoiser.predict(z_u[k], t, uncond.expand(z_u.shape[1], -1, -1))
-                                for k, t in enumerate(timesteps)])
+                                for k, t in enumerate(timesteps_u)])
     if cfg.iterations == 0:
         return Trace()
 
@@ -133,8 +141,8 @@ def trce(denoiser, spec: ConceptSpec, cfg: TRCEConfig, checkpointing: Checkpoint
         erase = sum(torch.relu(cfg.beta * ((e - f_safe[k, j]).pow(2).mean() - (e - f_unsafe[k, j]).pow(2).mean()
                                            + cfg.margin)) for e in (e_c, e_u)) / 2
         which = rng.integers(z_u.shape[1], size=cfg.preserve_batch)
-        k_u = int(rng.integers(len(timesteps)))
-        kept = denoiser.predict(z_u[k_u, which], timesteps[k_u], uncond.expand(len(which), -1, -1))
+        k_u = int(rng.integers(len(timesteps_u)))
+        kept = denoiser.predict(z_u[k_u, which], timesteps_u[k_u], uncond.expand(len(which), -1, -1))
         pres = (kept - anchor_u[k_u, which]).pow(2).mean()
         return erase + cfg.preserve_weight * pres, {"erase": erase.item(), "pres": pres.item()}
 
