@@ -1,4 +1,5 @@
-"""MACE's parts: token matching, both closed forms against direct least squares, the attention maps and loss."""
+"""MACE's parts: token matching, both closed forms against direct least squares, the attention maps and loss;
+TRCE's first stage against direct least squares."""
 
 import torch
 
@@ -75,3 +76,25 @@ def test_mace_erases_several_concepts_in_one_run(pipe):
     after = denoiser.parameters("xattn-kv")
     assert all(not torch.equal(after[k], v) for k, v in before.items())
     assert not any("lora" in k for k, _ in denoiser.network.named_parameters())
+
+
+def test_trce_stage_one_is_the_least_squares_solution_over_end_tokens(pipe):
+    """W' = argmin λ||W' - W||² + Σ_i ||W' e_i - W e*_i||² + s Σ_p ||W' p - W p||², e_i the target prompts' first
+    end-token states, e*_i their anchors', p every token of the retained prompts."""
+    from score_erasure.methods.trce import end_token_rows
+    from score_erasure.spec import ConceptSpec
+
+    spec = ConceptSpec(concepts=["star"], target_prompts=["a star", "a picture of a star"],
+                       anchor_prompts=["a shape", "a picture of a shape"], retain_prompts=["a circle"])
+    denoiser, method = denoiser_for(pipe), get_method("trce")
+    name = next(n for n, W in denoiser.parameters("xattn-kv").items() if W.ndim == 2)
+    W = denoiser.parameters("xattn-kv")[name].detach().double().clone()
+    e, e_star = (end_token_rows(denoiser, p).double() for p in (spec.target_prompts, spec.anchor_prompts))
+    p = denoiser.token_states(denoiser.encode(spec.retain_prompts)).flatten(0, 1).double()
+    lam, s = 0.3, 0.7
+    method.fit(denoiser, spec, method.config({"iterations": 0, "lamb": lam, "preserve_scale": s, "trajectories": 1,
+                                              "preserve_trajectories": 1, "steps": 2, "early": 1}),
+               show_progress=False)
+    eye = torch.eye(W.shape[1], dtype=torch.float64)
+    want = _lstsq([(lam ** 0.5 * eye, lam ** 0.5 * W), (e.T, W @ e_star.T), (s ** 0.5 * p.T, s ** 0.5 * W @ p.T)])
+    torch.testing.assert_close(denoiser.parameters("xattn-kv")[name].double(), want, atol=1e-5, rtol=1e-4)

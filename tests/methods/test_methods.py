@@ -24,8 +24,7 @@ def test_method_changes_only_its_group(name, pipe, spec):
     method.fit(denoiser, spec, cfg, show_progress=False)
     changed = _changed(before, denoiser.network)
     assert changed, f"{name} changed nothing"
-    groups = {"trce": ("xattn-kv", "image-attn")}.get(name, (getattr(cfg, "group", None),))
-    allowed = set().union(*(denoiser_for(pipe).parameters(g) for g in groups))
+    allowed = set().union(*(denoiser_for(pipe).parameters(g) for g in method.edited_groups(cfg)))
     assert changed <= allowed, sorted(changed - allowed)[:3]
     if name == "esd-x":
         assert all(re.search(r"attn2\.", k) for k in changed)

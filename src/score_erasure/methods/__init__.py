@@ -48,12 +48,17 @@ class Method:
     preset: dict = field(default_factory=dict)
     smoke: dict = field(default_factory=dict)  # overrides that finish in seconds on a tiny pipeline
     families: tuple[str, ...] = FAMILIES
+    groups: tuple[str, ...] = ()  # the parameter groups it edits, where one `group` of its config does not say
     restore: HookRestorer | None = None  # hook methods: re-installs the hook saved in a delta under `name`
 
     @property
     def edits_weights(self) -> bool:
         """False for an inference-time hook: saved in the delta, lost by save_pretrained."""
         return self.kind != "hook"
+
+    def edited_groups(self, config: BaseModel) -> tuple[str, ...]:
+        """The parameter groups whose weights a run with `config` may change."""
+        return self.groups or (config.group,)
 
     def config(self, overrides: dict | None = None) -> BaseModel:
         return validated_config(self.config_class, {**self.preset, **(overrides or {})}, self.name)
@@ -87,7 +92,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "regenerates the concept"),
     Method("trce", trce, TRCEConfig, "fine-tune", "TRCE: closed-form edit of the end token, then a triplet "
            "fine-tune of the early steps", smoke={"iterations": 2, "trajectories": 2, "preserve_trajectories": 1,
-                                                  "steps": 4, "early": 2}, families=("sd", "sdxl")),
+                                                  "steps": 4, "early": 2}, families=("sd", "sdxl"),
+           groups=("xattn-kv", "image-attn")),
     Method("score-robust", score_robust, ScoreRobustConfig, "fine-tune",
            "SCORE + prompts an inner attack finds on the fly",
            smoke={**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1}),
