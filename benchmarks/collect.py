@@ -1,6 +1,7 @@
 """Collect `score bench` folders into one markdown table (for docs/results.md).
 
     python benchmarks/collect.py runs/bench/object runs/bench/style ... > table.md
+    python benchmarks/collect.py --v2 runs/bench/object ... > table.md   # + acc_c, acc_n, fid as a ratio to its floor
     python benchmarks/collect.py --asr runs/asr/object runs/asr/unsafe > asr.md   # ASR columns, with intervals
     python benchmarks/collect.py --cert runs/cert/object > cert.md   # every METHOD/certify/report.json below
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 COLUMNS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim")
+V2_COLUMNS = ("acc_e", "acc_g", "acc_s", "h", "acc_c", "acc_n", "fid", "fid_ratio", "ssim")
 
 
 def cell(metric: dict | None, interval: bool) -> str:
@@ -75,15 +77,17 @@ def main(folders: list[str]) -> None:
     if folders and folders[0] in ("--asr", "--cert"):
         (asr_table if folders[0] == "--asr" else certificate_table)(folders[1:])
         return
-    print("| task / concept | method | " + " | ".join(COLUMNS) + " | erase s | peak RSS MB |")
-    print("|---" * (len(COLUMNS) + 4) + "|")
+    columns = V2_COLUMNS if folders and folders[0] == "--v2" else COLUMNS
+    folders = folders[1:] if columns is V2_COLUMNS else folders
+    print("| task / concept | method | " + " | ".join(columns) + " | erase s | peak RSS MB |")
+    print("|---" * (len(columns) + 4) + "|")
     for folder in folders:
         results, found = rows(Path(folder))
         for row in found:
             if row["status"] != "ok":
                 print(f"| {results['task']} / {results['concept']} | {row['method']} | failed: {row['error']} |")
                 continue
-            cells = [cell(row["metrics"].get(k), k == "h") for k in COLUMNS]
+            cells = [cell(row["metrics"].get(k), k == "h") for k in columns]
             erase = "" if row.get("erase_seconds") is None or row["method"] == "none" else f"{row['erase_seconds']:.1f}"
             rss = "" if row.get("peak_rss_mb") is None or row["method"] == "none" else f"{row['peak_rss_mb']:.0f}"
             print(f"| {results['task']} / {results['concept']} | {row['method']} | " + " | ".join(cells)
