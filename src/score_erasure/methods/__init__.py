@@ -24,6 +24,7 @@ from score_erasure.methods.mace import MACEConfig, mace
 from score_erasure.methods.rece import RECEConfig, rece
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
+from score_erasure.methods.sdd import SDDConfig, sdd
 from score_erasure.methods.trce import TRCEConfig, trce
 from score_erasure.methods.uce import UCEConfig, uce
 from score_erasure.spec import ConceptSpec
@@ -84,6 +85,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            preset={"group": "non-xattn"}, smoke=_FAST_ESD),
     Method("esd", esd, ESDConfig, "fine-tune", "ESD as LoRA on the text attention, merged (EraseAnything's form, "
            "for FLUX)", preset={"group": "xattn", "lora_rank": 4, "lr": 1e-3}, smoke=_FAST_ESD),
+    Method("sdd", sdd, SDDConfig, "fine-tune", "SDD: the concept's prediction distilled onto the model's own "
+           "unconditional one; the EMA teacher is the output", smoke=_FAST_ESD),
     Method("uce", uce, UCEConfig, "weight-edit", "UCE closed-form edit of cross-attention K/V"),
     Method("mace", mace, MACEConfig, "fine-tune", "MACE: closed-form refinement, one LoRA per concept on its "
            "attention maps, closed-form fusion", smoke={"lora_steps": 2, "images": 1, "steps": 2},
