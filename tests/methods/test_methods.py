@@ -81,7 +81,8 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    names = "score, ant, esd-x, esd-u, esd, sdd, uce, mace, rece, trce, score-robust, dve, semantic-surgery, cgce"
+    names = ("score, ant, esd-x, esd-u, esd, sdd, salun, uce, mace, rece, trce, score-robust, dve, semantic-surgery, "
+             "cgce")
     with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")
 
@@ -217,3 +218,18 @@ def test_cgce_refines_only_what_its_classifier_flags(pipe, spec):
     assert not torch.equal(edited[0], e[0]) and torch.equal(edited[1:], e[1:])
     assert torch.sigmoid(hook.classify(edited[:1])).max() < hook.target
     assert hook.refined == 1
+
+
+def test_salun_trains_only_the_most_salient_half_of_the_weights(pipe, spec):
+    """The mask keeps the top half of |g| ranked over the whole network; no other weight moves."""
+    from score_erasure.methods.salun import global_top
+
+    masks = global_top({"a": torch.tensor([1.0, 5.0, 3.0]), "b": torch.tensor([[4.0], [2.0], [6.0]])}, 0.5)
+    assert masks["a"].tolist() == [0, 1, 0] and masks["b"].flatten().tolist() == [1, 0, 1]
+    denoiser = denoiser_for(pipe)
+    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    method = get_method("salun")
+    trace = method.fit(denoiser, spec, method.config({**FAST["salun"], "lr": 1e-3}), show_progress=False)
+    moved = sum(int((v != before[k]).sum()) for k, v in denoiser.network.named_parameters())
+    total = sum(v.numel() for v in before.values())
+    assert abs(trace.info["mask_share"] - 0.5) < 0.01 and 0 < moved <= trace.info["mask_share"] * total

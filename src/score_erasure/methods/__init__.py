@@ -22,6 +22,7 @@ from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.mace import MACEConfig, mace
 from score_erasure.methods.rece import RECEConfig, rece
+from score_erasure.methods.salun import SalUnConfig, salun
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
 from score_erasure.methods.sdd import SDDConfig, sdd
@@ -87,6 +88,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "for FLUX)", preset={"group": "xattn", "lora_rank": 4, "lr": 1e-3}, smoke=_FAST_ESD),
     Method("sdd", sdd, SDDConfig, "fine-tune", "SDD: the concept's prediction distilled onto the model's own "
            "unconditional one; the EMA teacher is the output", smoke=_FAST_ESD),
+    Method("salun", salun, SalUnConfig, "fine-tune", "SalUn: the concept remapped onto its anchor, trained only "
+           "on the weights most salient for it", smoke={"iterations": 2, "images": 4, "steps": 2, "batch": 2}),
     Method("uce", uce, UCEConfig, "weight-edit", "UCE closed-form edit of cross-attention K/V"),
     Method("mace", mace, MACEConfig, "fine-tune", "MACE: closed-form refinement, one LoRA per concept on its "
            "attention maps, closed-form fusion", smoke={"lora_steps": 2, "images": 1, "steps": 2},
