@@ -81,8 +81,8 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    names = ("score, ant, esd-x, esd-u, esd, sdd, salun, uce, mace, rece, trce, score-robust, dve, semantic-surgery, "
-             "cgce")
+    names = ("score, ant, fade, esd-x, esd-u, esd, sdd, salun, uce, mace, rece, trce, score-robust, dve, "
+             "semantic-surgery, cgce")
     with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")
 

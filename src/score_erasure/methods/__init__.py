@@ -80,6 +80,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            smoke=_FAST_SCORE),
     Method("ant", score, ScoreConfig, "fine-tune", "ANT: SCORE without the adversarial term",
            preset={"adversarial": False}, smoke=_FAST_SCORE),
+    Method("fade", score, ScoreConfig, "fine-tune", "FADE: SCORE's objective, as its authors' flow-model paper "
+           "states it (a preset of score)", smoke=_FAST_SCORE),
     Method("esd-x", esd, ESDConfig, "fine-tune", "ESD on cross-attention", preset={"group": "xattn"},
            smoke=_FAST_ESD),
     Method("esd-u", esd, ESDConfig, "fine-tune", "ESD on everything but cross-attention",
