@@ -1,6 +1,6 @@
-"""GPU check: time one step of SCORE and ESD, and whole UCE, MACE, RECE and Semantic Surgery runs, on full-size
-SD1.5 and FLUX.1-dev architectures with random weights (speed and memory do not depend on the weights), and
-their peak memory.
+"""GPU check: time one step of SCORE, ESD, SDD and SalUn, and whole UCE, MACE, RECE, TRCE, Semantic Surgery and
+CGCE runs, on full-size SD1.5 and FLUX.1-dev architectures with random weights (speed and memory do not depend
+on the weights), and their peak memory.
 
     python benchmarks/gpu_check.py --out gpu_check.json             # on a machine with a CUDA GPU
     python benchmarks/gpu_check.py --tiny --device cpu --out x.json  # the same code path in seconds (tests, CPU)
@@ -107,14 +107,20 @@ RUNS = [
     ("sd1.5", "mace", dict(images=2, steps=10)),  # 2 base images for the masks, 50 LoRA steps, the fusion
     ("sd1.5", "rece", {}),
     ("sd1.5", "semantic-surgery", {}),
+    ("sd1.5", "trce", dict(trajectories=8, preserve_trajectories=2, steps=10, early=5, iterations=10)),
+    ("sd1.5", "cgce", {}),
+    ("sd1.5", "sdd", dict(steps=10)),
+    ("sd1.5", "salun", dict(images=8, batch=2, steps=10)),  # the mask over all 860M weights, then its steps
     ("flux.1-dev", "esd", dict(steps=10)),  # LoRA on the text attention, EraseAnything's form
     ("flux.1-dev", "score", dict(group="xattn", steps=10, d_pretrain=2, saliency_seeds=(1, 2), saliency_prompts=1,
                                  bank_per_prompt=1)),
     ("flux.1-dev", "uce", dict(samples=2)),
     ("flux.1-dev", "rece", dict(samples=2)),
     ("flux.1-dev", "semantic-surgery", {}),
+    ("flux.1-dev", "cgce", {}),
+    ("flux.1-dev", "sdd", dict(steps=10)),
 ]
-ITERATIVE = {"score", "esd", "esd-x", "esd-u"}
+ITERATIVE = {"score", "esd", "esd-x", "esd-u", "sdd", "salun"}
 
 
 def _peak_gb(device: torch.device) -> float:
