@@ -24,6 +24,16 @@ HOOKS_ATTR = "_score_erasure_hooks"  # network attribute: name -> installed infe
 HookRestorer = Callable[[Denoiser, dict[str, torch.Tensor], dict], None]
 
 
+def attach_hook(network, hook, before: bool) -> None:
+    """Register an inference-time edit on the network (`before`: on its inputs, else on its output) and record it
+    by `hook.name`, where a delta built from the network finds it."""
+    if before:
+        network.register_forward_pre_hook(hook, with_kwargs=True)
+    else:
+        network.register_forward_hook(hook, with_kwargs=True)
+    network.__dict__.setdefault(HOOKS_ATTR, {})[hook.name] = hook
+
+
 def installed_hooks(network) -> dict:
     """The inference-time edits a method attached to a network, by name."""
     return dict(network.__dict__.get(HOOKS_ATTR, {}))

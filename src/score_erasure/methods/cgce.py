@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from score_erasure.delta import HOOKS_ATTR
+from score_erasure.delta import attach_hook
 from score_erasure.methods.loop import Trace
 from score_erasure.spec import ConceptSpec, mentions
 
@@ -119,8 +119,7 @@ def install(denoiser, concepts: list[str], neutral: torch.Tensor, weights: dict[
             ) -> Refinement:
     hook = Refinement(denoiser, list(concepts), neutral.detach(), {k: v.detach() for k, v in weights.items()},
                       **settings)
-    denoiser.network.register_forward_pre_hook(hook, with_kwargs=True)
-    denoiser.network.__dict__.setdefault(HOOKS_ATTR, {})[hook.name] = hook
+    attach_hook(denoiser.network, hook, before=True)
     return hook
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from score_erasure.delta import HOOKS_ATTR
+from score_erasure.delta import attach_hook
 from score_erasure.spec import ConceptSpec
 
 
@@ -80,8 +80,7 @@ class DifferentialProjection:
 def install(denoiser, concept: torch.Tensor, anchor: torch.Tensor, strength: float) -> DifferentialProjection:
     """Attach the projection to the denoiser's network (and so to its pipeline), where the delta finds it."""
     hook = DifferentialProjection(denoiser, concept.detach(), anchor.detach(), strength)
-    denoiser.network.register_forward_hook(hook, with_kwargs=True)
-    denoiser.network.__dict__.setdefault(HOOKS_ATTR, {})[hook.name] = hook
+    attach_hook(denoiser.network, hook, before=False)
     return hook
 
 

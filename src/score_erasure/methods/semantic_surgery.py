@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from score_erasure.delta import HOOKS_ATTR
+from score_erasure.delta import attach_hook
 from score_erasure.methods.loop import Trace
 from score_erasure.spec import ConceptSpec, mentions
 
@@ -96,8 +96,7 @@ class Surgery:
 def install(denoiser, concepts: list[str], neutral: torch.Tensor, concept: torch.Tensor, bias: torch.Tensor,
             gamma: float, threshold: float) -> Surgery:
     hook = Surgery(denoiser, list(concepts), neutral.detach(), concept.detach(), bias.detach(), gamma, threshold)
-    denoiser.network.register_forward_pre_hook(hook, with_kwargs=True)
-    denoiser.network.__dict__.setdefault(HOOKS_ATTR, {})[hook.name] = hook
+    attach_hook(denoiser.network, hook, before=True)
     return hook
 
 
