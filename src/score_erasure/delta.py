@@ -1,9 +1,11 @@
 """ErasureDelta: what a method changed, and nothing else, in one safetensors file.
 
 Only the tensors a method modified are stored (keyed by the network's parameter names), with the base
-model's id and content hash, so a delta is applied to exactly the model it was computed from. A method that
-edits at inference time instead (DVE) stores its hook's tensors as `hook.<name>.<tensor>` and its settings in
-`hooks`; applying the delta re-installs the hook.
+model's id and content hash, so a delta is applied to exactly the model it was computed from. The network's
+tensors keep their own names; a method that also trains another component of the pipeline (AdvUnlearn: the
+text encoder) stores those as `<component>:<name>`, so `apply` and a merge write them where they belong. A method
+that edits at inference time instead (DVE) stores its hook's tensors as `hook.<name>.<tensor>` and its settings
+in `hooks`; applying the delta re-installs the hook.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from score_erasure.backends import Denoiser, denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.io import load_tensors, save_tensors
 
+COMPONENT_SEP = ":"  # "text_encoder:encoder.layer.0.output.dense.weight": a tensor of another component
 HOOKS_ATTR = "_score_erasure_hooks"  # network attribute: name -> installed inference-time edit
 # Re-installs one saved hook: (denoiser, the hook's tensors, its settings) -> None.
 HookRestorer = Callable[[Denoiser, dict[str, torch.Tensor], dict], None]
@@ -32,6 +35,15 @@ def attach_hook(network, hook, before: bool) -> None:
     else:
         network.register_forward_hook(hook, with_kwargs=True)
     network.__dict__.setdefault(HOOKS_ATTR, {})[hook.name] = hook
+
+
+def editable_parameters(pipe, network: str, components: tuple[str, ...] = ()) -> dict[str, torch.nn.Parameter]:
+    """The parameters an erasure may change, named as a delta names them: the network's (the pipeline's
+    attribute `network`) by their own names, those of each other pipeline attribute in `components` prefixed."""
+    named = dict(getattr(pipe, network).named_parameters())
+    for component in components:
+        named |= {f"{component}{COMPONENT_SEP}{k}": v for k, v in getattr(pipe, component).named_parameters()}
+    return named
 
 
 def installed_hooks(network) -> dict:
@@ -86,9 +98,13 @@ class ErasureDelta:
             raise UserError(f"this delta was computed from base model '{self.base_model}' "
                             f"(hash {self.base_hash[:12]}), not from the given model (hash {base_hash[:12]}); "
                             "apply it to the model it was erased from")
-        network = getattr(pipe, self.network)
-        params = dict(network.named_parameters())
         weights = {k: v for k, v in self.tensors.items() if not k.startswith("hook.")}
+        components = tuple(sorted({k.split(COMPONENT_SEP)[0] for k in weights if COMPONENT_SEP in k}))
+        missing = [c for c in components if getattr(pipe, c, None) is None]
+        if missing:
+            raise UserError(f"delta changes the pipeline's '{missing[0]}', which the model lacks; it belongs to "
+                            "another architecture")
+        params = editable_parameters(pipe, self.network, components)
         unknown = sorted(set(weights) - set(params))
         if unknown:
             raise UserError(f"delta names {len(unknown)} tensors the model lacks (e.g. '{unknown[0]}'); "

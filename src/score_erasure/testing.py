@@ -12,10 +12,20 @@ import torch
 
 from score_erasure import cli
 from score_erasure.attacks import ATTACKS
+from score_erasure.delta import editable_parameters
 from score_erasure.evaluation.protocol import packaged_path
 from score_erasure.methods import METHODS
 from score_erasure.pipelines import SingleEncoderFluxPipeline
 from score_erasure.toyworld.model import minilm_path
+
+
+def snapshot_changes(denoiser, method, run) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The parameters `method` may edit (network and, where it trains one, the text encoder) before `run()`, and
+    the names, as a delta names them, of those that `run()` changed."""
+    editable = (denoiser.pipe, denoiser.network_attr, method.components(denoiser))
+    before = {k: v.detach().clone() for k, v in editable_parameters(*editable).items()}
+    run()
+    return before, {k for k, v in editable_parameters(*editable).items() if not torch.equal(v, before[k])}
 
 
 def tiny_sd_pipeline(seed: int = 0, latent_size: int = 8, prediction_type: str = "epsilon"):

@@ -9,6 +9,7 @@ from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.methods import METHODS, get_method
 from score_erasure.testing import FAST_CONFIGS as FAST
+from score_erasure.testing import snapshot_changes
 
 
 def _changed(before, network):
@@ -20,12 +21,14 @@ def test_method_changes_only_its_group(name, pipe, spec):
     method = get_method(name)
     cfg = method.config(FAST[name])
     denoiser = denoiser_for(pipe)
-    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
-    method.fit(denoiser, spec, cfg, show_progress=False)
-    changed = _changed(before, denoiser.network)
+    before, changed = snapshot_changes(denoiser, method, lambda: method.fit(denoiser, spec, cfg, show_progress=False))
     assert changed, f"{name} changed nothing"
-    allowed = set().union(*(denoiser_for(pipe).parameters(g) for g in method.edited_groups(cfg)))
+    allowed = method.may_change(denoiser, cfg)
     assert changed <= allowed, sorted(changed - allowed)[:3]
+    if method.edits_text_encoder:  # the network as it was; the encoder's token and position tables too
+        assert not any(k in dict(denoiser.network.named_parameters()) for k in changed)
+        assert not any(re.search(r"(word|position|token_type)_embeddings", k) for k in changed)
+        assert any(re.search(r"encoder\.layer\.", k) for k in changed)
     if name == "esd-x":
         assert all(re.search(r"attn2\.", k) for k in changed)
     if name == "esd-u":
@@ -81,7 +84,7 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    names = ("score, ant, fade, esd-x, esd-u, esd, sdd, salun, uce, mace, rece, trce, score-robust, dve, "
+    names = ("score, ant, fade, esd-x, esd-u, esd, sdd, salun, advunlearn, uce, mace, rece, trce, score-robust, dve, "
              "semantic-surgery, cgce")
     with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")

@@ -61,6 +61,12 @@ class Denoiser(ABC):
         """The text encoder whose input embeddings attacks optimise."""
         return self.pipe.text_encoder
 
+    @property
+    def text_encoder_attr(self) -> str:
+        """The pipeline attribute holding `text_encoder` (`text_encoder`, `text_encoder_2` on FLUX.1): where a
+        delta that changes the encoder writes it."""
+        return next(name for name, module in self.pipe.components.items() if module is self.text_encoder)
+
     @abstractmethod
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Conditioning for each prompt (no gradient: text encoders are frozen)."""
@@ -149,6 +155,13 @@ class Denoiser(ABC):
             return {k: v for k, v in named.items() if re.search(pattern, k)}
         xattn = {k: v for k, v in named.items() if re.search(self.XATTN, k)}
         return xattn if group == "xattn" else {k: v for k, v in named.items() if k not in xattn}
+
+    def text_encoder_weights(self) -> dict[str, nn.Parameter]:
+        """The text encoder's weights outside its embedding tables (tokens, positions, relative-position biases):
+        what a method that trains the encoder (AdvUnlearn) may change."""
+        encoder = self.text_encoder
+        tables = {id(p) for m in encoder.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        return {k: p for k, p in encoder.named_parameters() if id(p) not in tables}
 
     def frozen_copy(self) -> Denoiser:
         """The same model with a frozen deep copy of the network: epsilon_0 of the methods' equations. Its

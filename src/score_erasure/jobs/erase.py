@@ -16,7 +16,7 @@ import torch
 
 from score_erasure import parallel
 from score_erasure.backends import denoiser_for
-from score_erasure.delta import ErasureDelta, installed_hooks
+from score_erasure.delta import ErasureDelta, editable_parameters, installed_hooks
 from score_erasure.errors import UserError
 from score_erasure.io import atomic_write_json, load_metadata, output_folder, release_folder
 from score_erasure.methods import get_method
@@ -48,14 +48,15 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
     pipe = model.load()
     denoiser = denoiser_for(pipe)
     method.check_supports(denoiser)
-    before = {k: v.detach().clone() for k, v in denoiser.network.named_parameters()}
+    editable = (denoiser.network_attr, method.components(denoiser))
+    before = {k: v.detach().clone() for k, v in editable_parameters(pipe, *editable).items()}
     start = time.time()
     trace = method.fit(denoiser, spec, cfg, checkpointing=Checkpointing(out / "checkpoint.safetensors",
                                                                           checkpoint_every, resume, run),
                        show_progress=show_progress) or Trace()
     seconds = time.time() - start
     denoiser.network.requires_grad_(False)
-    after = dict(denoiser.network.named_parameters())
+    after = editable_parameters(pipe, *editable)
     delta = ErasureDelta.from_changes(before, after, hooks=installed_hooks(denoiser.network), method=method_name,
                                       concepts=spec.concepts,
                                       base_model=model.id, base_hash=model.hash,

@@ -15,9 +15,10 @@ from typing import Literal, Protocol
 from pydantic import BaseModel
 
 from score_erasure.backends import FAMILIES, Denoiser
-from score_erasure.delta import HookRestorer
+from score_erasure.delta import COMPONENT_SEP, HookRestorer
 from score_erasure.errors import UserError, validated_config
 from score_erasure.methods import cgce, dve, semantic_surgery
+from score_erasure.methods.advunlearn import AdvUnlearnConfig, advunlearn
 from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.mace import MACEConfig, mace
@@ -52,6 +53,7 @@ class Method:
     families: tuple[str, ...] = FAMILIES
     groups: tuple[str, ...] = ()  # the parameter groups it edits, where one `group` of its config does not say
     restore: HookRestorer | None = None  # hook methods: re-installs the hook saved in a delta under `name`
+    edits_text_encoder: bool = False  # trains the text encoder (AdvUnlearn): the delta carries its weights too
 
     @property
     def edits_weights(self) -> bool:
@@ -59,8 +61,19 @@ class Method:
         return self.kind != "hook"
 
     def edited_groups(self, config: BaseModel) -> tuple[str, ...]:
-        """The parameter groups whose weights a run with `config` may change."""
-        return self.groups or (config.group,)
+        """The network's parameter groups whose weights a run with `config` may change."""
+        return self.groups or ((config.group,) if hasattr(config, "group") else ())
+
+    def components(self, denoiser: Denoiser) -> tuple[str, ...]:
+        """The pipeline components besides the network that a run may change (their attributes)."""
+        return (denoiser.text_encoder_attr,) if self.edits_text_encoder else ()
+
+    def may_change(self, denoiser: Denoiser, config: BaseModel) -> set[str]:
+        """The parameters a run with `config` may change, named as its delta names them."""
+        names = set().union(*(denoiser.parameters(g) for g in self.edited_groups(config)))
+        if self.edits_text_encoder:
+            names |= {f"{denoiser.text_encoder_attr}{COMPONENT_SEP}{k}" for k in denoiser.text_encoder_weights()}
+        return names
 
     def config(self, overrides: dict | None = None) -> BaseModel:
         return validated_config(self.config_class, {**self.preset, **(overrides or {})}, self.name)
@@ -92,6 +105,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "unconditional one; the EMA teacher is the output", smoke=_FAST_ESD),
     Method("salun", salun, SalUnConfig, "fine-tune", "SalUn: the concept remapped onto its anchor, trained only "
            "on the weights most salient for it", smoke={"iterations": 2, "images": 4, "steps": 2, "batch": 2}),
+    Method("advunlearn", advunlearn, AdvUnlearnConfig, "fine-tune", "AdvUnlearn: ESD on the text encoder against a "
+           "soft-prompt adversary, with a retain loss", smoke={"iterations": 2, "warmup": 1, "attack_steps": 2,
+                                                              "trajectories": 2, "retain_trajectories": 2, "steps": 3},
+           families=("sd", "flux"), edits_text_encoder=True),
     Method("uce", uce, UCEConfig, "weight-edit", "UCE closed-form edit of cross-attention K/V"),
     Method("mace", mace, MACEConfig, "fine-tune", "MACE: closed-form refinement, one LoRA per concept on its "
            "attention maps, closed-form fusion", smoke={"lora_steps": 2, "images": 1, "steps": 2},

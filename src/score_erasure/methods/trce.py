@@ -77,7 +77,8 @@ def end_token_rows(denoiser, prompts: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def trajectory_points(denoiser, cond: torch.Tensor, cfg: TRCEConfig, seed: int, keep: int, label: str = "",
                       show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `keep` points of one trajectory per row of `cond`: latents (keep, N, ...) and their timesteps."""
+    """The first `keep` points of one trajectory per row of `cond`: latents (keep, N, ...) and their timesteps.
+    `cfg` gives the sampling (steps, guidance, chunk): TRCE's, or any config with those fields (AdvUnlearn's)."""
     timesteps, keep = denoiser.timesteps(cfg.steps), min(keep, cfg.steps)
     chunks = []
     with progress_bar(transient=True) as bar:
