@@ -14,7 +14,7 @@ from score_erasure.errors import UserError
 from score_erasure.testing import FAST_ATTACK_CONFIGS as FAST
 
 BUDGET_LENGTH = {"unlearndiff": "iterations", "p4d": "iterations", "inversion": "iterations",
-                 "ring-a-bell": "generations"}
+                 "inversion-word": "iterations", "ring-a-bell": "generations"}
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -44,6 +44,28 @@ def test_inversion_learns_free_vectors_and_keeps_the_prompt(ctx):
     found = attack.run(ctx, "a star", 0, attack.config(FAST["inversion"]))
     assert found.vectors.shape == (1, ctx.denoiser.pipe.text_encoder.get_input_embeddings().embedding_dim)
     assert found.adversarial == "<S*> a star" and not found.exact_text
+
+
+def test_inversion_word_learns_one_word_alone_and_draws_it_in_every_template(ctx):
+    attack = get_attack("inversion-word")
+    cfg = attack.config(FAST["inversion-word"])
+    assert cfg.form == "word" and attack.config().iterations == 400 and attack.config().batch == 16
+    templates = attack.prompts(ctx, cfg)
+    assert templates == list(cfg.templates) and len(templates) == 4
+    found = [attack.run(ctx, t, i, cfg) for i, t in enumerate(templates)]
+    assert [f.adversarial for f in found] == ["a <S*>", "a picture of a <S*>", "a photo of a <S*>",
+                                              "an image of a <S*>"]
+    assert all(torch.equal(f.vectors, found[0].vectors) for f in found)  # learned once, for all templates
+    words = {ctx.denoiser.tokenizer.decode([int(i)]) for f in found for i in f.prompt.ids[0]}
+    assert not words & {"star", "stars"}  # the concept's name is nowhere in the prompts
+    fresh = type(ctx)(**{**ctx.__dict__, "memo": {}})
+    again = attack.run(fresh, templates[0], 0, cfg)
+    assert torch.equal(again.vectors, found[0].vectors)  # same seed, same word
+
+
+def test_inversion_templates_must_hold_the_word_alone():
+    with pytest.raises(UserError, match="no \\{prompt\\}"):
+        get_attack("inversion-word").config({"templates": ["{token} {prompt}"]})
 
 
 def test_p4d_k_interleaves_learned_tokens_with_the_prompt(ctx):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt
-from score_erasure.attacks.inversion import InversionConfig, inversion
+from score_erasure.attacks.inversion import InversionConfig, inversion, inversion_prompts
 from score_erasure.attacks.p4d import P4DConfig, p4d
 from score_erasure.attacks.paraphrase import ParaphraseConfig, paraphrase, paraphrase_prompts
 from score_erasure.attacks.ring_a_bell import RingABellConfig, ring_a_bell
@@ -32,10 +32,11 @@ class Attack:
     config_class: type[AttackConfig]
     summary: str
     prompts: Callable[[AttackContext, AttackConfig], list[str]] = target_prompts
+    preset: dict = field(default_factory=dict)  # a named form of another entry's config (`inversion-word`)
     smoke: dict = field(default_factory=dict)
 
     def config(self, overrides: dict | None = None) -> AttackConfig:
-        return validated_config(self.config_class, dict(overrides or {}), self.name)
+        return validated_config(self.config_class, {**self.preset, **(overrides or {})}, self.name)
 
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (
@@ -47,7 +48,12 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in (
     Attack("ring-a-bell", ring_a_bell, RingABellConfig, "Ring-A-Bell: genetic token search towards prompt + "
            "concept vector (text encoder only)", smoke=dict(n_tokens=4, population=6, generations=3)),
     Attack("inversion", inversion, InversionConfig, "concept inversion: textual inversion of a new word against "
-           "the erased model", smoke=dict(iterations=3, target_images=1, batch=1)),
+           "the erased model, beside each target prompt", inversion_prompts,
+           smoke=dict(iterations=3, target_images=1, batch=1)),
+    Attack("inversion-word", inversion, InversionConfig, "concept inversion as Pham et al.: one new word learned "
+           "alone (\"a <S*>\", no concept word), drawn in four templates", inversion_prompts,
+           preset=dict(form="word", iterations=400, target_images=32, batch=16),
+           smoke=dict(iterations=3, target_images=2, batch=1)),
     Attack("paraphrase", paraphrase, ParaphraseConfig, "held-out paraphrases and compositional prompts",
            paraphrase_prompts),
 )}

@@ -49,6 +49,7 @@ class AttackContext:
     targets: list[str]
     paraphrases: list[str] = field(default_factory=list)
     compositional: list[str] = field(default_factory=list)
+    memo: dict = field(default_factory=dict)  # what an attack computes once for all its prompts (a learned word)
 
     def timesteps(self) -> torch.Tensor:
         """The attacks' noise levels: the sampler's timesteps at the protocol's step count."""

@@ -7,6 +7,7 @@ attack all descend it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,16 +46,18 @@ def denoising_loss(denoiser, cond: torch.Tensor, batch: NoisyBatch) -> torch.Ten
     return F.mse_loss(pred, denoiser.target(batch.x0, batch.noise, batch.t))
 
 
-def soft_prompt_steps(denoiser, prompt: TokenPrompt, v: torch.Tensor, x_tgt: torch.Tensor,
+def soft_prompt_steps(denoiser, prompt: TokenPrompt | Sequence[TokenPrompt], v: torch.Tensor, x_tgt: torch.Tensor,
                       timesteps: torch.Tensor, steps: int, lr: float, batch: int,
                       gen: torch.Generator) -> tuple[torch.Tensor, list[float]]:
     """`steps` Adam steps on the slot vectors v (k, width) lowering the denoising loss on x_tgt; gradients
-    reach only v (never the network's parameters)."""
+    reach only v (never the network's parameters). Several prompts (templates holding the same slots) take
+    the steps in turn, as textual inversion draws its templates."""
+    prompts = [prompt] if isinstance(prompt, TokenPrompt) else list(prompt)
     v = v.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
     trace = []
-    for _ in range(steps):
-        loss = denoising_loss(denoiser, prompt.condition(denoiser, v),
+    for step in range(steps):
+        loss = denoising_loss(denoiser, prompts[step % len(prompts)].condition(denoiser, v),
                               NoisyBatch.draw(x_tgt, timesteps, batch, gen))
         (v.grad,) = torch.autograd.grad(loss, [v])
         opt.step()
