@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
         tasks: Annotated[str, typer.Option(help="Comma-separated TASK/CONCEPT pairs.")]
         = "object/star,style/striped,character/Zorblat,unsafe/fire",
         attacks: Annotated[str, typer.Option(help="Comma-separated attacks: an ASR column each, and h_rob.")]
-        = "unlearndiff,inversion",
+        = "unlearndiff,inversion,inversion-word",
         certify: Annotated[bool, typer.Option(help="Each row's leakage certificate (mi_nats).")] = True,
         sets: Annotated[str | None, typer.Option(help="Sizes of the many-concepts curve (default: every size of "
                                                       "--concept-sets; '' to skip it).")] = None,

@@ -28,7 +28,7 @@ from score_erasure.progress import log
 from score_erasure.provenance import compute, provenance, versions
 
 SUITE = (("object", "star"), ("style", "striped"), ("character", "Zorblat"), ("unsafe", "fire"))
-ATTACKS = ("unlearndiff", "inversion")
+ATTACKS = ("unlearndiff", "inversion", "inversion-word")
 DOCS_START, DOCS_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
 
