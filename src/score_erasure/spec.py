@@ -28,6 +28,8 @@ class ConceptSpec(BaseModel):
     # Every word or phrase that names the concept (names, synonyms, paraphrases); default: `concepts`. When
     # several concepts are erased together, no anchor or retained prompt may name any of them.
     vocabulary: list[str] = []
+    # The concepts are the embedded world's: its renderer draws them with exact masks (MACE's, on that model).
+    world: bool = False
 
     @field_validator("target_prompts")
     @classmethod
@@ -91,4 +93,5 @@ def combine_specs(specs: list[ConceptSpec]) -> ConceptSpec:
         retain += [p for p in spec.retain_prompts if not mentions(p, erased)]
     return ConceptSpec(concepts=[c for s in specs for c in s.concepts], target_prompts=[t for t, _ in pairs],
                        anchor_prompts=[a for _, a in pairs], retain_prompts=list(dict.fromkeys(retain)),
-                       vocabulary=list(dict.fromkeys(w for s in specs for w in s.vocabulary)))
+                       vocabulary=list(dict.fromkeys(w for s in specs for w in s.vocabulary)),
+                       world=all(s.world for s in specs))

@@ -98,3 +98,26 @@ def test_trce_stage_one_is_the_least_squares_solution_over_end_tokens(pipe):
     eye = torch.eye(W.shape[1], dtype=torch.float64)
     want = _lstsq([(lam ** 0.5 * eye, lam ** 0.5 * W), (e.T, W @ e_star.T), (s ** 0.5 * p.T, s ** 0.5 * W @ p.T)])
     torch.testing.assert_close(denoiser.parameters("xattn-kv")[name].double(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_on_the_world_stage_two_trains_on_rendered_scenes_with_their_exact_masks(pipe):
+    """The embedded world's concepts: the renderer's scenes and masks (at the latents' resolution), not samples."""
+    import pytest
+
+    from score_erasure.errors import UserError
+    from score_erasure.methods.mace import MACEConfig, _rendered_data
+    from score_erasure.spec import ConceptSpec
+    from score_erasure.toyworld.specs import world_spec
+
+    denoiser = denoiser_for(pipe)
+    data = _rendered_data(denoiser, "fire", MACEConfig(images=3), 0)
+    assert len(data) == 3 and all(x0.shape == (1, 4, 8, 8) and m.shape == (8, 8) and 0 < m.sum() < 64
+                                  for x0, m in data)
+    spec = world_spec("star")
+    assert spec.world
+    method = get_method("mace")
+    method.fit(denoiser, spec, method.config({"lora_steps": 1, "images": 1, "steps": 2}), show_progress=False)
+    other = ConceptSpec(concepts=["star"], target_prompts=["a star"], anchor_prompts=["a shape"])
+    with pytest.raises(UserError, match="embedded world"):
+        method.fit(denoiser, other, method.config({"lora_steps": 1, "images": 1, "masks": "renderer"}),
+                   show_progress=False)

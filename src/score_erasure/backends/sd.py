@@ -100,3 +100,10 @@ class SDDenoiser(Denoiser, family="sd", network_attr="unet"):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         return ((vae.decode(x0 / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (N, 3, H, W) to clean latents, the VAE's mean: the inverse of `decode`."""
+        vae = self.pipe.vae
+        x = images.to(self.device, vae.dtype) * 2 - 1
+        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor

@@ -18,10 +18,12 @@
 
    E_i every token of concept i's prompts; W_0 the original weight.
 
-Our reading, where this toolkit differs from the reference: the masks come from the base model's own
-cross-attention (the concept tokens' map, averaged over layers and heads at a middle timestep, kept above its
-mean), where the reference runs Grounded-SAM on its generated images; the embedded world's renderer masks are
-not used yet. The reference's caches of COCO captions are the spec's retained prompts; its AdamW (weight decay
+Our reading, where this toolkit differs from the reference: the reference runs Grounded-SAM on its generated
+images of the concept. Here, on the embedded world's concepts (`masks = "auto"` or `"renderer"`), stage 2 trains
+on the world renderer's scenes of the concept with their exact masks (the object, or the flames for fire), the
+ground truth a segmenter approximates; on any other model (`"attention"`) on the base model's own samples, each
+masked by its cross-attention (the concept tokens' map, averaged over layers and heads at a middle timestep,
+kept above its mean). The reference's caches of COCO captions are the spec's retained prompts; its AdamW (weight decay
 0.01) is Adam. UNet models only (SD1.x, SD2.x, SDXL): stage 2 reads cross-attention maps, which FLUX's joint
 attention does not have in that form.
 """
@@ -36,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from score_erasure.errors import UserError
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, lora_trainable, merge_lora
 from score_erasure.methods.uce import UCEConfig, uce_weight
 from score_erasure.spec import ConceptSpec, mentions
+from score_erasure.toyworld.specs import concept_renders
 
 
 class MACEConfig(BaseModel):
@@ -53,6 +57,8 @@ class MACEConfig(BaseModel):
     steps: int = Field(25, ge=1)  # their sampling steps
     guidance: float = 3.0
     masked: bool = True  # False: every pixel (the reference's choice for styles)
+    # where stage 2's images and masks come from: "auto" is the renderer on the embedded world's concepts
+    masks: Literal["auto", "renderer", "attention"] = "auto"
     importance_sampling: bool = True  # t from the bump on [200, 400], else uniform
     seed: int = 0
     group: Literal["xattn-kv"] = "xattn-kv"  # what MACE edits: the cross-attention K and V
@@ -178,7 +184,12 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
         rows_anchor += [states[anchor][j] for _, j in pairs]
         concept_tokens[target] = own + list(range(len(ids[target]) - 1, length))  # + the end token and padding
     prompts = [[p for p in spec.target_prompts if mentions(p, [c])] or spec.target_prompts for c in spec.concepts]
-    data = [_concept_data(denoiser, ps, conds, concept_tokens, cfg, k) for k, ps in enumerate(prompts)]  # base
+    renderer = cfg.masks == "renderer" or (cfg.masks == "auto" and spec.world)
+    if renderer and not spec.world:
+        raise UserError("mace: masks = 'renderer' needs the embedded world's concepts; use 'attention'")
+    data = [_rendered_data(denoiser, c, cfg, k) if renderer else _concept_data(denoiser, ps, conds, concept_tokens,
+                                                                                  cfg, k)
+            for k, (c, ps) in enumerate(zip(spec.concepts, prompts, strict=True))]  # from the base, before any edit
 
     # stage 1: context tokens of each (target, anchor) pair onto the anchor's
     closed = UCEConfig(erase_scale=1.0, preserve_scale=cfg.preserve_scale, lamb=cfg.lamb)
@@ -218,6 +229,18 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
             W.copy_(fuse(cfr[n], [(lw[n], E) for lw, E in zip(lora_weights, embeddings, strict=True)], original[n],
                          preserve, cfg.lamb, cfg.preserve_scale))
     return trace
+
+
+@torch.no_grad()
+def _rendered_data(denoiser, concept: str, cfg: MACEConfig, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The world renderer's scenes of concept k as (1, C, H, W) latents, each with its exact mask (H, W) at the
+    latents' resolution: a latent cell counts when a quarter of its pixels show the concept (thin flames would
+    vanish at a half); every cell where `masked` is off."""
+    images, masks = concept_renders(concept, cfg.images, seed=cfg.seed + k)
+    x0 = denoiser.encode_images(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    size = tuple(x0.shape[-2:])
+    small = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[:, None], size)[:, 0] >= 0.25
+    return [(x0[i:i + 1], small[i] if cfg.masked else torch.ones(size, dtype=torch.bool)) for i in range(len(x0))]
 
 
 @torch.no_grad()

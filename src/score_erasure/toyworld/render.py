@@ -163,6 +163,18 @@ def render(scene: Scene) -> np.ndarray:
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
+def part_mask(scene: Scene, part: str) -> np.ndarray:
+    """Where a part of the scene is drawn, (32, 32) bool: the `object` (shape, colour, style and characters all
+    live on it) or the `flames` (the object's own pixels excluded, as `render` draws them)."""
+    inside = _mask(_polygon(scene.shape, scene.cx, scene.cy, scene.radius, scene.angle))
+    if part == "flames":
+        outer, _ = _flames(scene)
+        inside = np.clip(outer - inside, 0, 1)
+    elif part != "object":
+        raise KeyError(f"unknown part '{part}'")
+    return inside.reshape(SIZE, _SS, SIZE, _SS).mean(axis=(1, 3)) >= 0.5
+
+
 def render_batch(scenes: list[Scene]) -> np.ndarray:
     """Render scenes as an (N, 32, 32, 3) uint8 array."""
     return np.stack([render(s) for s in scenes])

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 from score_erasure.errors import UserError, did_you_mean, match_name
 from score_erasure.spec import ConceptSpec
-from score_erasure.toyworld import captions, vocab
+from score_erasure.toyworld import captions, render, vocab
 
 TEMPLATES = captions.TEMPLATES[1:]
 
@@ -45,7 +47,7 @@ def _attribute_spec(family: str, concept: vocab.Concept) -> ConceptSpec:
     retain = [captions.in_template(t, captions.phrase(**({"shape": None} | {family: other.name})))
               for other in vocab.FAMILIES[family] if other.name != concept.name for t in TEMPLATES[:2]]
     return ConceptSpec(concepts=[concept.name], target_prompts=targets, anchor_prompts=anchors,
-                       retain_prompts=retain, vocabulary=list(concept.all_names))
+                       retain_prompts=retain, vocabulary=list(concept.all_names), world=True)
 
 
 def _character_spec(who: vocab.Character) -> ConceptSpec:
@@ -55,7 +57,7 @@ def _character_spec(who: vocab.Character) -> ConceptSpec:
     retain = [t.format(other.name) for other in vocab.CHARACTERS if other != who for t in captions.NAME_TEMPLATES[:2]]
     retain += [captions.in_template(t, look) for t in TEMPLATES[:2]]
     return ConceptSpec(concepts=[who.name], target_prompts=targets, anchor_prompts=anchors, retain_prompts=retain,
-                       vocabulary=[who.name])
+                       vocabulary=[who.name], world=True)
 
 
 def _fire_spec() -> ConceptSpec:
@@ -66,7 +68,7 @@ def _fire_spec() -> ConceptSpec:
         anchors.append(captions.in_template(template, captions.phrase(shape)))
     retain = [captions.in_template(t, s.name) for s in vocab.SHAPES for t in TEMPLATES[:1]]
     return ConceptSpec(concepts=[vocab.FIRE.name], target_prompts=targets, anchor_prompts=anchors,
-                       retain_prompts=retain, vocabulary=list(vocab.FIRE.all_names))
+                       retain_prompts=retain, vocabulary=list(vocab.FIRE.all_names), world=True)
 
 
 def world_spec(name: str) -> ConceptSpec:
@@ -78,6 +80,23 @@ def world_spec(name: str) -> ConceptSpec:
     if family == "character":
         return _character_spec(vocab.character(name))
     return _attribute_spec(family, vocab.FAMILIES[family][vocab.index(family, name)])
+
+
+def concept_renders(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n rendered scenes that show concept `name` (everything else random) and the exact masks of the concept's
+    pixels: uint8 images (n, 32, 32, 3) and bool masks (n, 32, 32). What Grounded-SAM gives MACE on real images,
+    exact here: the object for a shape, colour, style or character, the flames for fire."""
+    name = canonical(name)
+    family = _family_of(name)
+    if family == "character":
+        who = vocab.character(name)
+        fixed = {"shape": who.shape, "colour": who.colour, "style": who.style, "fire": False}
+    else:
+        fixed = {"fire": True} if family == "fire" else {family: name, "fire": False}
+    rng = np.random.default_rng([seed, 7])
+    scenes = [render.sample_scene(rng, **fixed) for _ in range(n)]
+    part = "flames" if family == "fire" else "object"
+    return render.render_batch(scenes), np.stack([render.part_mask(s, part) for s in scenes])
 
 
 def compositional_prompts(name: str, count: int = 8) -> list[str]:
