@@ -84,8 +84,8 @@ def test_same_seed_same_delta(spec):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    names = ("score, ant, fade, esd-x, esd-u, esd, sdd, salun, advunlearn, uce, mace, rece, trce, score-robust, dve, "
-             "semantic-surgery, cgce")
+    names = ("score, ant, fade, esd-x, esd-u, esd, sdd, salun, advunlearn, uce, mace, rece, trce, trace, score-robust, "
+             "dve, semantic-surgery, cgce")
     with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")
 
@@ -236,3 +236,23 @@ def test_salun_trains_only_the_most_salient_half_of_the_weights(pipe, spec):
     moved = sum(int((v != before[k]).sum()) for k, v in denoiser.network.named_parameters())
     total = sum(v.numel() for v in before.values())
     assert abs(trace.info["mask_share"] - 0.5) < 0.01 and 0 < moved <= trace.info["mask_share"] * total
+
+
+def test_trace_is_uce_then_ant_on_the_late_steps(spec):
+    """TRACE composes two existing stages: the same weights as UCE's edit followed by ANT with a late window."""
+    from score_erasure.testing import tiny_sd_pipeline
+
+    method = get_method("trace")
+    cfg = method.config(FAST["trace"])
+    assert not cfg.adversarial and cfg.early_fraction == 0.5
+    by_trace = denoiser_for(tiny_sd_pipeline(0))
+    torch.manual_seed(0)
+    method.fit(by_trace, spec, cfg, show_progress=False)
+    by_hand = denoiser_for(tiny_sd_pipeline(0))
+    torch.manual_seed(0)
+    get_method("uce").fit(by_hand, spec, get_method("uce").config())
+    ant = get_method("ant")
+    ant.fit(by_hand, spec, ant.config({**FAST["ant"], "early_fraction": 0.5}), show_progress=False)
+    hand = dict(by_hand.network.named_parameters())
+    for k, v in by_trace.network.named_parameters():
+        torch.testing.assert_close(v, hand[k], rtol=0, atol=0)

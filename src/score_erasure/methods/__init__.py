@@ -27,6 +27,7 @@ from score_erasure.methods.salun import SalUnConfig, salun
 from score_erasure.methods.score import ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
 from score_erasure.methods.sdd import SDDConfig, sdd
+from score_erasure.methods.trace import TRACEConfig, trace
 from score_erasure.methods.trce import TRCEConfig, trce
 from score_erasure.methods.uce import UCEConfig, uce
 from score_erasure.spec import ConceptSpec
@@ -119,6 +120,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "fine-tune of the early steps", smoke={"iterations": 2, "trajectories": 2, "preserve_trajectories": 1,
                                                   "steps": 4, "early": 2}, families=("sd", "sdxl"),
            groups=("xattn-kv", "image-attn")),
+    Method("trace", trace, TRACEConfig, "fine-tune", "TRACE: UCE's closed form, then ANT's fine-tune at the late "
+           "steps only (our reading: no code)", smoke=_FAST_SCORE),
     Method("score-robust", score_robust, ScoreRobustConfig, "fine-tune",
            "SCORE + prompts an inner attack finds on the fly",
            smoke={**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1}),
