@@ -11,7 +11,7 @@ from score_erasure.delta import ErasureDelta
 from score_erasure.errors import UserError
 from score_erasure.generate import generate
 from score_erasure.jobs.erase import erase
-from score_erasure.methods import get_method
+from score_erasure.methods import get_method, hook_restorers
 from score_erasure.models import Comparison, load_pipeline, resolve_model
 from score_erasure.spec import ConceptSpec
 from score_erasure.testing import FAST_CONFIGS as FAST
@@ -237,3 +237,20 @@ def test_an_encoder_changing_delta_round_trips_to_plain_diffusers(tiny_model_dir
     np.testing.assert_array_equal(a, generate(loaded, ["a star"], [0], steps=3, show_progress=False))
     base = generate(load_pipeline(str(tiny_model_dir)), ["a star"], [0], steps=3, show_progress=False)
     assert not np.array_equal(a, base)
+
+
+def test_a_trained_eraser_module_survives_the_delta_and_refuses_to_merge(tiny_model_dir, tmp_path):
+    """DuMo's eraser is a module of its own beside the UNet: saved as hook tensors, rebuilt on load."""
+    out = tmp_path / "dumo"
+    delta = erase(str(tiny_model_dir), "dumo", SPEC, out, overrides=FAST["dumo"], show_progress=False)
+    assert set(delta.hooks) == {"dumo"} and "hook.dumo.scales" in delta.tensors
+    assert all(k.startswith("hook.dumo.") for k in delta.tensors)
+    in_memory = load_pipeline(str(tiny_model_dir))
+    ErasureDelta.load(out / "delta.safetensors").apply(in_memory, restorers=hook_restorers())
+    loaded = load_pipeline(str(out))
+    base = generate(load_pipeline(str(tiny_model_dir)), ["star"], [0, 1], steps=3, show_progress=False)
+    erased = generate(loaded, ["star"], [0, 1], steps=3, show_progress=False)
+    assert not np.array_equal(base, erased)
+    np.testing.assert_array_equal(erased, generate(in_memory, ["star"], [0, 1], steps=3, show_progress=False))
+    with pytest.raises(UserError, match="cannot be merged"):
+        ErasureDelta.load(out / "delta.safetensors").require_mergeable()

@@ -85,7 +85,7 @@ def test_same_seed_same_delta(spec):
 
 def test_unknown_method_lists_the_valid_ones():
     names = ("score, ant, fade, esd-x, esd-u, esd, sdd, salun, advunlearn, uce, mace, rece, trce, trace, score-robust, "
-             "dve, semantic-surgery, cgce")
+             "dumo, dve, semantic-surgery, cgce")
     with pytest.raises(UserError, match=f"choose one of: {names}"):
         get_method("esdx")
 

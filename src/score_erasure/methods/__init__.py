@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from score_erasure.backends import FAMILIES, Denoiser
 from score_erasure.delta import COMPONENT_SEP, HookRestorer
 from score_erasure.errors import UserError, validated_config
-from score_erasure.methods import cgce, dve, semantic_surgery
+from score_erasure.methods import cgce, dumo, dve, semantic_surgery
 from score_erasure.methods.advunlearn import AdvUnlearnConfig, advunlearn
 from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
@@ -125,6 +125,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("score-robust", score_robust, ScoreRobustConfig, "fine-tune",
            "SCORE + prompts an inner attack finds on the fly",
            smoke={**_FAST_SCORE, "attack_every": 1, "attack_iterations": 1}),
+    Method("dumo", dumo.dumo, dumo.DuMoConfig, "hook", "DuMo: a trained copy of the UNet's encoder adds erasing "
+           "residuals to its skip connections, scaled per timestep and layer (the UNet frozen)",
+           smoke={"iterations": 2, "trajectories": 2, "retain_trajectories": 2, "steps": 3, "lr": 1e-2},
+           families=("sd",), restore=dumo.restore),
     Method("dve", dve.dve, dve.DVEConfig, "hook",
            "DVE: training-free projection of the field off the concept direction", restore=dve.restore),
     Method("semantic-surgery", semantic_surgery.semantic_surgery, semantic_surgery.SemanticSurgeryConfig, "hook",
