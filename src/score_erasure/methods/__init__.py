@@ -19,6 +19,7 @@ from score_erasure.delta import COMPONENT_SEP, HookRestorer
 from score_erasure.errors import UserError, validated_config
 from score_erasure.methods import cgce, dumo, dve, semantic_surgery
 from score_erasure.methods.advunlearn import AdvUnlearnConfig, advunlearn
+from score_erasure.methods.eraseanything import EraseAnythingConfig, eraseanything
 from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.mace import MACEConfig, mace
@@ -102,6 +103,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            preset={"group": "non-xattn"}, smoke=_FAST_ESD),
     Method("esd", esd, ESDConfig, "fine-tune", "ESD as LoRA on the text attention, merged (EraseAnything's form, "
            "for FLUX)", preset={"group": "xattn", "lora_rank": 4, "lr": 1e-3}, smoke=_FAST_ESD),
+    Method("eraseanything", eraseanything, EraseAnythingConfig, "fine-tune", "EraseAnything: a LoRA on the text "
+           "stream's queries and keys, erasure (ESD + attention to the keyword) and preservation steps in turn",
+           smoke={"iterations": 2, "steps": 3, "images": 1}, families=("flux",)),
     Method("sdd", sdd, SDDConfig, "fine-tune", "SDD: the concept's prediction distilled onto the model's own "
            "unconditional one; the EMA teacher is the output", smoke=_FAST_ESD),
     Method("salun", salun, SalUnConfig, "fine-tune", "SalUn: the concept remapped onto its anchor, trained only "

@@ -7,6 +7,7 @@ checkpoint file and the rule that a NaN loss stops the run at the last good chec
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +71,9 @@ def finetune(params: dict[str, nn.Parameter], step: StepFn, iterations: int, lr:
              mask: dict[str, torch.Tensor] | None = None, checkpointing: Checkpointing | None = None,
              extra_modules: dict[str, nn.Module] | None = None,
              extra_optimizers: dict[str, torch.optim.Optimizer] | None = None,
-             show_progress: bool = True) -> Trace:
-    """Adam on `params` for `iterations` steps of `step`; gradients are multiplied by `mask` where given.
+             show_progress: bool = True, lr_at: Callable[[int], float] | None = None) -> Trace:
+    """Adam on `params` for `iterations` steps of `step`; gradients are multiplied by `mask` where given; `lr_at(k)`,
+    where given, is step k's learning rate (alternating objectives with rates of their own).
 
     Extra modules and optimisers (a discriminator and its Adam) are checkpointed alongside. Under `accelerate
     launch` the steps are data-parallel: gradients of `params` averaged, extra modules' parameters averaged."""
@@ -97,6 +99,9 @@ def finetune(params: dict[str, nn.Parameter], step: StepFn, iterations: int, lr:
                 where = f"; the last good checkpoint is {ckpt.path}" if ckpt.path and ckpt.path.exists() else ""
                 raise UserError(f"{label}: the loss became {loss.item()} at step {k}{where}; lower the "
                                 "learning rate (--config) and rerun with --resume")
+            if lr_at is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(k)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             parallel.average_gradients(params.values())  # data-parallel under accelerate launch; else nothing
@@ -126,16 +131,18 @@ def trainable(denoiser, group: str) -> dict[str, nn.Parameter]:
 LORA_ADAPTER = "erasure"
 
 
-def lora_trainable(denoiser, group: str, rank: int, seed: int = 0) -> dict[str, nn.Parameter]:
-    """Freeze the network and attach rank-`rank` LoRA adapters (peft) to the linear layers of `group`; returns
-    the adapters' parameters. The only way to fine-tune a 12B FLUX transformer on one GPU; `merge_lora` folds
-    them back into the weights, so the erased network has its original layout."""
+def lora_trainable(denoiser, group: str, rank: int, seed: int = 0, pattern: str = "") -> dict[str, nn.Parameter]:
+    """Freeze the network and attach rank-`rank` LoRA adapters (peft) to the linear layers of `group` (those whose
+    name matches `pattern`, where given); returns the adapters' parameters. The only way to fine-tune a 12B FLUX
+    transformer on one GPU; `merge_lora` folds them back into the weights, so the erased network has its original
+    layout."""
     from peft import LoraConfig, inject_adapter_in_model
 
     network = denoiser.network.requires_grad_(False)
     modules = dict(network.named_modules())
     targets = sorted({name.rsplit(".", 1)[0] for name in denoiser.parameters(group)
-                      if isinstance(modules.get(name.rsplit(".", 1)[0]), nn.Linear)})
+                      if isinstance(modules.get(name.rsplit(".", 1)[0]), nn.Linear)
+                      and re.search(pattern, name.rsplit(".", 1)[0])})
     if not targets:
         raise UserError(f"parameter group '{group}' has no linear layers to put LoRA adapters on")
     with torch.random.fork_rng(devices=[]):  # the adapters' init follows the method's seed, not the caller's RNG

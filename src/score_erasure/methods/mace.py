@@ -157,7 +157,8 @@ def _timestep(rng: np.random.Generator, importance: bool) -> int:
 
 
 # --- the method ---------------------------------------------------------------------------------------
-def _token_ids(denoiser, prompts: list[str]) -> list[list[int]]:
+def token_ids(denoiser, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's real token ids (special tokens included), as the pipeline tokenises it."""
     tokens = denoiser.tokenizer(prompts, padding="max_length", truncation=True,
                                 max_length=denoiser.tokenizer.model_max_length, return_tensors="pt")
     return [row[mask.bool()].tolist() for row, mask in zip(tokens["input_ids"], tokens["attention_mask"], strict=True)]
@@ -175,7 +176,7 @@ def mace(denoiser, spec: ConceptSpec, cfg: MACEConfig, checkpointing: Checkpoint
                     else next(iter(states.values()))[:0])
     length = next(iter(states.values())).shape[0]
     ids = dict(zip(spec.target_prompts + spec.anchor_prompts,
-                   _token_ids(denoiser, spec.target_prompts + spec.anchor_prompts), strict=True))
+                   token_ids(denoiser, spec.target_prompts + spec.anchor_prompts), strict=True))
 
     rows, rows_anchor, concept_tokens = [], [], {}
     for target, anchor in zip(spec.target_prompts, spec.anchor_prompts, strict=True):
