@@ -111,6 +111,9 @@ RUNS = [
     ("sd1.5", "cgce", {}),
     ("sd1.5", "sdd", dict(steps=10)),
     ("sd1.5", "salun", dict(images=8, batch=2, steps=10)),  # the mask over all 860M weights, then its steps
+    ("sd1.5", "advunlearn", dict(warmup=0, trajectories=4, retain_trajectories=4, steps=10)),  # steps with the attack
+    ("sd1.5", "trace", dict(steps=10, d_pretrain=2, saliency_seeds=(1, 2), saliency_prompts=1, bank_per_prompt=1)),
+    ("sd1.5", "dumo", dict(trajectories=4, retain_trajectories=4, steps=10)),
     ("flux.1-dev", "esd", dict(steps=10)),  # LoRA on the text attention, EraseAnything's form
     ("flux.1-dev", "score", dict(group="xattn", steps=10, d_pretrain=2, saliency_seeds=(1, 2), saliency_prompts=1,
                                  bank_per_prompt=1)),
@@ -119,8 +122,10 @@ RUNS = [
     ("flux.1-dev", "semantic-surgery", {}),
     ("flux.1-dev", "cgce", {}),
     ("flux.1-dev", "sdd", dict(steps=10)),
+    ("flux.1-dev", "advunlearn", dict(warmup=0, trajectories=4, retain_trajectories=4, steps=10)),
+    ("flux.1-dev", "eraseanything", dict(steps=10, images=2)),  # a step: erasure and preservation in turn
 ]
-ITERATIVE = {"score", "esd", "esd-x", "esd-u", "sdd", "salun"}
+ITERATIVE = {"score", "esd", "esd-x", "esd-u", "sdd", "salun", "advunlearn", "trace", "dumo", "eraseanything"}
 
 
 def _peak_gb(device: torch.device) -> float:

@@ -63,6 +63,19 @@ def test_generation_from_a_conditioning_equals_generation_from_its_prompt(pipe):
     assert (by_text == by_cond).all()
 
 
+def test_conditioning_follows_the_given_input_embeddings_with_gradient(pipe):
+    """The optimised vectors are what the encoder reads (T5 looks up a tied copy of its table, not the table)."""
+    denoiser = denoiser_for(pipe)
+    tokens = denoiser.tokenizer(["a red star"], padding="max_length", max_length=denoiser.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+    embeds = denoiser.text_encoder.get_input_embeddings()(tokens.input_ids).detach().requires_grad_(True)
+    cond = denoiser.encode_embeddings(tokens.input_ids, embeds, tokens.attention_mask)
+    (grad,) = torch.autograd.grad(cond.sum(), [embeds])
+    assert grad[0, 1].abs().sum() > 0  # the first word's vector reaches the conditioning
+    moved = denoiser.encode_embeddings(tokens.input_ids, embeds.detach() + 1.0, tokens.attention_mask)
+    assert not torch.allclose(moved, cond)
+
+
 def test_conditioning_from_the_embedding_table_equals_encode(pipe):
     denoiser = denoiser_for(pipe)
     tokens = denoiser.tokenizer(["a red star"], padding="max_length", max_length=denoiser.tokenizer.model_max_length,

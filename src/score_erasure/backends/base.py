@@ -190,15 +190,19 @@ def encode_with_input_embeddings(encoder: nn.Module, input_ids: torch.Tensor, in
     """The encoder's output for `input_ids` with its input-embedding lookup replaced by `inputs_embeds`: the last
     hidden states, or with `layer` the whole output (hidden states of every layer included). CLIP's text model
     takes no `inputs_embeds` (it needs the ids to find the end token), so the embedding table's output is
-    replaced for this one call: one code path for BERT, CLIP and T5."""
+    replaced for this one call: one code path for BERT, CLIP and T5. Every module that looks the table up is
+    replaced (T5's encoder reads a tied copy of it, `encoder.embed_tokens`, not `get_input_embeddings()`)."""
     device = next(encoder.parameters()).device
-    handle = encoder.get_input_embeddings().register_forward_hook(lambda _module, _args, _out: inputs_embeds)
+    table = encoder.get_input_embeddings()
+    lookups = [m for m in encoder.modules() if isinstance(m, nn.Embedding) and m.weight is table.weight]
+    handles = [m.register_forward_hook(lambda _module, _args, _out: inputs_embeds) for m in lookups or [table]]
     try:
         mask = None if attention_mask is None else attention_mask.to(device)
         out = encoder(input_ids.to(device), attention_mask=mask, output_hidden_states=layer is not None)
         return out if layer is not None else out[0]
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 class PooledConditioning:

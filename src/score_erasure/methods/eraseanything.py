@@ -51,7 +51,7 @@ class EraseAnythingConfig(BaseModel):
     group: str = "xattn"
     targets: str = r"add_[qk]_proj$"  # the LoRA's layers inside `group`: the text stream's queries and keys
     rank: int = Field(8, ge=1)
-    iterations: int = Field(1000, ge=2)
+    iterations: int = Field(1000, ge=1)
     lr_erase: float = Field(1e-3, gt=0)  # α_low
     lr_preserve: float = Field(5e-4, gt=0)  # α_up
     eta: float = 1.0
