@@ -59,18 +59,23 @@ def test_erase_output_is_a_model(erased, tiny_model_dir):
     assert not np.array_equal(base, again)
 
 
-def test_merge_loads_in_plain_diffusers(erased, tmp_path, monkeypatch, capsys):
+def _merged_in_plain_diffusers(folder, out, monkeypatch, capsys) -> np.ndarray:
+    """`score merge FOLDER --out OUT`, then OUT loaded by plain diffusers: its image of "a star"."""
     import sys
 
     from score_erasure import cli
 
-    monkeypatch.setattr(sys, "argv", ["score", "merge", str(erased), "--out", str(tmp_path / "merged")])
+    monkeypatch.setattr(sys, "argv", ["score", "merge", str(folder), "--out", str(out)])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 0, capsys.readouterr().err
-    merged = StableDiffusionPipeline.from_pretrained(tmp_path / "merged")
+    merged = StableDiffusionPipeline.from_pretrained(out)
     merged.set_progress_bar_config(disable=True)
-    a = generate(merged, ["a star"], [0], steps=3, show_progress=False)
+    return generate(merged, ["a star"], [0], steps=3, show_progress=False)
+
+
+def test_merge_loads_in_plain_diffusers(erased, tmp_path, monkeypatch, capsys):
+    a = _merged_in_plain_diffusers(erased, tmp_path / "merged", monkeypatch, capsys)
     b = generate(load_pipeline(str(erased)), ["a star"], [0], steps=3, show_progress=False)
     np.testing.assert_array_equal(a, b)
 
@@ -215,10 +220,6 @@ def test_outputs_get_the_mode_a_plain_write_would(tmp_path):
 def test_an_encoder_changing_delta_round_trips_to_plain_diffusers(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """AdvUnlearn trains the text encoder: its delta carries the encoder's weights (and no network's), applies
     on load, and merges into a pipeline that plain diffusers loads and draws the same with."""
-    import sys
-
-    from score_erasure import cli
-
     out = tmp_path / "erased"
     erase(str(tiny_model_dir), "advunlearn", SPEC, out, FAST["advunlearn"], show_progress=False)
     delta = ErasureDelta.load(out / "delta.safetensors")
@@ -227,13 +228,7 @@ def test_an_encoder_changing_delta_round_trips_to_plain_diffusers(tiny_model_dir
     encoder = dict(loaded.text_encoder.named_parameters())
     for key, value in delta.tensors.items():
         torch.testing.assert_close(encoder[key.split(":", 1)[1]], value, rtol=0, atol=0)
-    monkeypatch.setattr(sys, "argv", ["score", "merge", str(out), "--out", str(tmp_path / "merged")])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    assert exc.value.code == 0, capsys.readouterr().err
-    merged = StableDiffusionPipeline.from_pretrained(tmp_path / "merged")
-    merged.set_progress_bar_config(disable=True)
-    a = generate(merged, ["a star"], [0], steps=3, show_progress=False)
+    a = _merged_in_plain_diffusers(out, tmp_path / "merged", monkeypatch, capsys)
     np.testing.assert_array_equal(a, generate(loaded, ["a star"], [0], steps=3, show_progress=False))
     base = generate(load_pipeline(str(tiny_model_dir)), ["a star"], [0], steps=3, show_progress=False)
     assert not np.array_equal(a, base)
