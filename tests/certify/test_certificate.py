@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from score_erasure import cli
+from score_erasure.certify.probes import fewest_images
 from score_erasure.errors import UserError
 from score_erasure.jobs.attack import run_attack
 from score_erasure.jobs.certify import certify
@@ -43,6 +44,15 @@ def test_attack_finds_join_the_concept_prompts(tmp_path, tiny_dirs, star_protoco
                      attack_folders=[tmp_path / "attack"], overrides={**SMALL, "neutral": "protocol"})
     assert "<S*> a star" in report.concept_prompts and report.base_mi_nats == report.mi_nats
     assert len(report.neutral_prompts) == 4
+    # each source alone: its prompts and images add up to the whole; sources too small to probe say so
+    sources = report.sources
+    assert list(sources) == ["targets", "paraphrases", "attack"][:len(sources)] and "attack" in sources
+    assert sum(s.prompts for s in sources.values()) == len(report.concept_prompts)
+    assert sum(s.images for s in sources.values()) == report.n_per_class
+    for s in sources.values():
+        assert (s.mi_nats is None) == (s.images < fewest_images(SMALL["folds"]))
+        assert s.mi_nats is None or 0 <= s.mi_nats.value <= math.log(2)
+    assert "By source of the concept prompts" in (tmp_path / "certificate" / "report.html").read_text()
     with pytest.raises(UserError, match="holds no attack results"):
         certify(model, "star", tmp_path / "again", protocol_path=star_protocol, attack_folders=[tmp_path])
 

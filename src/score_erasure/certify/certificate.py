@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure.attacks.base import FoundPrompt, found_prompts
 from score_erasure.backends import denoiser_for
-from score_erasure.certify.probes import Leakage, probe_leakage
-from score_erasure.certify.report import CertificateReport, leakage_record, write_certificate
+from score_erasure.certify.probes import Leakage, fewest_images, probe_leakage
+from score_erasure.certify.report import CertificateReport, leakage_record, source_records, write_certificate
 from score_erasure.errors import UserError
 from score_erasure.evaluation.cache import use_sampler
 from score_erasure.evaluation.judges import load_judge
@@ -49,15 +48,20 @@ class CertifyConfig(BaseModel):
 
 
 def certificate_inputs(denoiser, protocol: Protocol, concept: str, spec: ConceptSpec, neutral: str,
-                       attack_folders: list[Path]) -> tuple[list[FoundPrompt], list[FoundPrompt]]:
-    """The concept prompts (targets, paraphrases, attacks' finds) and the neutral prompts, as token prompts."""
+                       attack_folders: list[Path]) -> tuple[list[FoundPrompt], list[FoundPrompt], list[str]]:
+    """The concept prompts (targets, paraphrases, attacks' finds) and the neutral prompts, as token prompts, and
+    each concept prompt's source: "targets", "paraphrases" or the attack folder's name."""
     groups = protocol.prompts(concept)
-    concept_found = [FoundPrompt(token_prompt(denoiser, [p]), p) for p in dict.fromkeys(groups["target"]
-                                                                                 + groups["generality"])]
+    targets = list(dict.fromkeys(groups["target"]))
+    paraphrases = [p for p in dict.fromkeys(groups["generality"]) if p not in targets]
+    concept_found = [FoundPrompt(token_prompt(denoiser, [p]), p) for p in targets + paraphrases]
+    sources = ["targets"] * len(targets) + ["paraphrases"] * len(paraphrases)
     for folder in attack_folders:
-        concept_found += found_prompts(folder)
+        found = found_prompts(folder)
+        concept_found += found
+        sources += [Path(folder).name] * len(found)
     words = list(dict.fromkeys(spec.anchor_prompts)) if neutral == "anchors" else list(groups["neutral"])
-    return concept_found, [FoundPrompt(token_prompt(denoiser, [p]), p) for p in words]
+    return concept_found, [FoundPrompt(token_prompt(denoiser, [p]), p) for p in words], sources
 
 
 def class_images(pipe, inputs: list[FoundPrompt], n: int, protocol: Protocol, seed: int) -> np.ndarray:
@@ -79,13 +83,23 @@ def class_images(pipe, inputs: list[FoundPrompt], n: int, protocol: Protocol, se
 
 
 def leakage_of(pipe, judge, concept_inputs: list[FoundPrompt], neutral_inputs: list[FoundPrompt], protocol: Protocol,
-               cfg: CertifyConfig) -> tuple[Leakage, np.ndarray, np.ndarray]:
+               cfg: CertifyConfig, sources: list[str] | None = None
+               ) -> tuple[Leakage, np.ndarray, np.ndarray, dict[str, Leakage | None]]:
+    """The leakage over all concept images, the two classes' images, and the leakage of each source's images
+    alone against the neutral images of the same seeds (None where a source drew too few to probe)."""
     concept_images = class_images(pipe, concept_inputs, cfg.n, protocol, cfg.seed)
     neutral_images = class_images(pipe, neutral_inputs, cfg.n, protocol, cfg.seed)
-    features = torch.cat([judge.features(concept_images), judge.features(neutral_images)]).numpy()
-    labels = np.r_[np.ones(cfg.n, dtype=int), np.zeros(cfg.n, dtype=int)]
-    return (probe_leakage(features, labels, cfg.folds, cfg.delta, cfg.seed, protocol.bootstrap), concept_images,
-            neutral_images)
+    concept_features, neutral_features = judge.features(concept_images).numpy(), judge.features(neutral_images).numpy()
+
+    def probe(rows: np.ndarray) -> Leakage:
+        features = np.concatenate([concept_features[rows], neutral_features[rows]])
+        labels = np.r_[np.ones(len(rows), dtype=int), np.zeros(len(rows), dtype=int)]
+        return probe_leakage(features, labels, cfg.folds, cfg.delta, cfg.seed, protocol.bootstrap)
+
+    of_image = np.array([(sources or [""] * len(concept_inputs))[j % len(concept_inputs)] for j in range(cfg.n)])
+    per_source = {s: probe(np.flatnonzero(of_image == s)) if (of_image == s).sum() >= fewest_images(cfg.folds) else None
+                  for s in dict.fromkeys(sources or [])}
+    return probe(np.arange(cfg.n)), concept_images, neutral_images, per_source
 
 
 def features_judge(protocol: Protocol):
@@ -104,12 +118,13 @@ def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str
     that has no files): `names` and `hashes` identify (model, base) in the report."""
     start = time.time() if start is None else start
     judge = judge or features_judge(protocol)
-    concept_inputs, neutral_inputs = certificate_inputs(denoiser_for(pipe), protocol, concept, spec, cfg.neutral,
-                                                        attack_folders)
-    leak, concept_images, neutral_images = leakage_of(pipe, judge, concept_inputs, neutral_inputs, protocol, cfg)
-    base_leak, base_concept_images, base_neutral_images = (
-        (leak, concept_images, neutral_images) if base_pipe is pipe
-        else leakage_of(base_pipe, judge, concept_inputs, neutral_inputs, protocol, cfg))
+    concept_inputs, neutral_inputs, sources = certificate_inputs(denoiser_for(pipe), protocol, concept, spec,
+                                                                 cfg.neutral, attack_folders)
+    leak, concept_images, neutral_images, per_source = leakage_of(pipe, judge, concept_inputs, neutral_inputs,
+                                                                  protocol, cfg, sources)
+    base_leak, base_concept_images, base_neutral_images, base_per_source = (
+        (leak, concept_images, neutral_images, per_source) if base_pipe is pipe
+        else leakage_of(base_pipe, judge, concept_inputs, neutral_inputs, protocol, cfg, sources))
     report = CertificateReport(
         task=protocol.task, concept=concept, model=names[0], base=names[1], model_hash=hashes[0],
         base_hash=hashes[1], protocol={"name": protocol.name, "version": protocol.version},
@@ -118,7 +133,8 @@ def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str
                                              "attack_folders": [str(f) for f in attack_folders]},
         n_per_class=cfg.n, concept_prompts=[f.adversarial for f in concept_inputs],
         neutral_prompts=[f.adversarial for f in neutral_inputs],
-        **leakage_record(leak, base_leak), assumption=ASSUMPTION, **provenance(), seconds=0.0)
+        **leakage_record(leak, base_leak), sources=source_records(sources, cfg.n, per_source, base_per_source),
+        assumption=ASSUMPTION, **provenance(), seconds=0.0)
     report.seconds = time.time() - start
     write_certificate(report, {"model": (concept_images, neutral_images),
                                "base": (base_concept_images, base_neutral_images)}, out)

@@ -24,6 +24,7 @@ from score_erasure.evaluation.metrics import DEFAULT_BOOTSTRAP, Interval, bootst
 from score_erasure.evaluation.protocol import Bootstrap
 
 LOG2 = math.log(2)
+INNER_FOLDS = 4  # the logistic probe's inner cross-validation of its L2 strength
 
 
 def _probes(seed: int) -> dict:
@@ -36,10 +37,16 @@ def _probes(seed: int) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     return {"logistic": make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 13).tolist(),
-                                                                             cv=4, scoring="neg_log_loss",
+                                                                             cv=INNER_FOLDS, scoring="neg_log_loss",
                                                                              max_iter=2000)),
             "mlp": make_pipeline(StandardScaler(), MLPClassifier((64,), solver="lbfgs", alpha=10.0, max_iter=300,
                                                                  random_state=seed))}
+
+
+def fewest_images(folds: int) -> int:
+    """The fewest images per class the probes can be fitted on: every outer training split must hold
+    INNER_FOLDS images of each class for the logistic probe's own cross-validation."""
+    return max(2 * folds, math.ceil(INNER_FOLDS * folds / (folds - 1)))
 
 
 def heldout_probabilities(probe, features: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:

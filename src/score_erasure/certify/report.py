@@ -24,6 +24,13 @@ class ProbeRecord(BaseModel):
     cross_entropy: float
 
 
+class SourceRecord(BaseModel):
+    prompts: int
+    images: int
+    mi_nats: Metric | None
+    base_mi_nats: Metric | None
+
+
 class CertificateReport(RunHeader):
     format: Literal["score-erasure/certificate/1"] = CERTIFICATE_FORMAT
     config: dict
@@ -39,6 +46,9 @@ class CertificateReport(RunHeader):
     ratio: float | None  # mi_nats / base_mi_nats (None when the base leaks nothing measurable)
     probes: dict[str, ProbeRecord]
     base_probes: dict[str, ProbeRecord]
+    # each source of concept prompts alone (targets, paraphrases, each attack folder's finds): an average over
+    # all of them can hide one that leaks; None where a source drew too few images to probe
+    sources: dict[str, SourceRecord] = Field(default_factory=dict)
     assumption: str
     notes: list[str] = Field(default_factory=list)
     versions: dict[str, str]
@@ -63,6 +73,17 @@ def leakage_record(leak: Leakage, base_leak: Leakage) -> dict:
             "probes": _probe_records(leak), "base_probes": _probe_records(base_leak)}
 
 
+def source_records(sources: list[str], n: int, leaks: dict[str, Leakage | None],
+                   base_leaks: dict[str, Leakage | None]) -> dict[str, dict]:
+    """The report's per-source fields: how many prompts and images (image j drew prompt j mod len(sources)) each
+    source gave, and its leakage alone."""
+    drawn = [sources[j % len(sources)] for j in range(n)]
+    return {s: {"prompts": sources.count(s), "images": drawn.count(s),
+                "mi_nats": leak.mi_nats.as_dict() if leak else None,
+                "base_mi_nats": base_leaks[s].mi_nats.as_dict() if base_leaks.get(s) else None}
+            for s, leak in leaks.items()}
+
+
 TEMPLATE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>leakage of {{ r.concept }}: {{ r.model }}</title>
 {{ style|safe }}
@@ -81,6 +102,16 @@ v{{ r.protocol.version }}; {{ r.n_per_class }} images per class; {{ "%.1f"|forma
 <p>ratio mi_nats / base_mi_nats:
 {{ fmt(r.ratio) if r.ratio is not none else "undefined (the base shows no leakage)" }}</p>
 <img class="plot" src="{{ plot }}" alt="mi">
+{% if r.sources %}<h2>By source of the concept prompts</h2>
+<table><tr><th>source</th><th>prompts</th><th>images</th><th>model: mi_nats</th><th>95% interval</th>
+<th>base: mi_nats</th></tr>
+{% for name, s in r.sources.items() %}<tr><td>{{ name }}</td><td class="num">{{ s.prompts }}</td>
+<td class="num">{{ s.images }}</td>
+{% if s.mi_nats %}<td class="num">{{ fmt(s.mi_nats.value) }}</td>
+<td class="num">[{{ fmt(s.mi_nats.ci_low) }}, {{ fmt(s.mi_nats.ci_high) }}]</td>
+<td class="num">{{ fmt(s.base_mi_nats.value) if s.base_mi_nats else "" }}</td>
+{% else %}<td colspan="3">too few images to probe</td>{% endif %}</tr>
+{% endfor %}</table>{% endif %}
 <h2>Probes (k-fold cross-fitted)</h2>
 <table><tr><th>probe</th><th>model: mi_nats</th><th>accuracy</th><th>cross-entropy</th><th>base: mi_nats</th>
 <th>accuracy</th><th>cross-entropy</th></tr>
