@@ -10,7 +10,8 @@ skip connection and to the mid block. It reads what the UNet reads (z_t, t, the 
 At the start every r_i is zero, so the model is exactly the base. Training (the paper's loss is not public; this is
 our reading) is ESD's negative guidance on the concept with a retain term, on the EPR and the scales only:
 
-    L = ‖ε_DuMo(z_t, t, c) − [ε_0(∅) − η (ε_0(c) − ε_0(∅))]‖² + γ ‖ε_DuMo(z_r, t, c_r) − ε_0(z_r, t, c_r)‖²
+    L = ‖ε_DuMo(z_t, t, c) − [ε_0(∅) − η (ε_0(c) − ε_0(∅))]‖²
+        + γ (‖ε_DuMo(z_r, t, c_r) − ε_0(z_r, t, c_r)‖² + ‖ε_DuMo(z_t, t, ∅) − ε_0(z_t, t, ∅)‖²)
 
 z_t and z_r from the base model's trajectories of the target and retained prompts, cached before training.
 Ours too: the EPR is diffusers' ControlNetModel built from the UNet, its image-condition branch fed zeros (DuMo has
@@ -144,8 +145,11 @@ def dumo(denoiser, spec: ConceptSpec, cfg: DuMoConfig, checkpointing: Checkpoint
         with torch.no_grad(), hook.off():
             e_u, e_c = denoiser.predict(torch.cat([z_t, z_t]), t, torch.cat([uncond, c[i:i + 1]])).chunk(2)
             target, e_r = e_u - cfg.eta * (e_c - e_u), denoiser.predict(z_rt, t_r, cond_r)
-        erase = F.mse_loss(denoiser.predict(z_t, t, c[i:i + 1]), target)
-        keep = F.mse_loss(denoiser.predict(z_rt, t_r, cond_r), e_r)
+        v_u, v_c = denoiser.predict(torch.cat([z_t, z_t]), t, torch.cat([uncond, c[i:i + 1]])).chunk(2)
+        erase = F.mse_loss(v_c, target)
+        # the unconditional prediction held too: guidance reads cond - uncond, and an eraser that moved both alike
+        # would leave the concept's direction, and the concept, where it was
+        keep = F.mse_loss(denoiser.predict(z_rt, t_r, cond_r), e_r) + F.mse_loss(v_u, e_u)
         return erase + cfg.retain_weight * keep, {"erase": erase.item(), "retain": keep.item()}
 
     trace = finetune(params, step, cfg.iterations, cfg.lr, label="dumo", checkpointing=checkpointing,
