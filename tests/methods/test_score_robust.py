@@ -48,3 +48,28 @@ def test_persistent_attacks_continue_one_vector_per_target_prompt(pipe, spec, mo
         assert len(run.c_e) == 2  # the clean prompt and its one adversarial δ, replaced, never appended
     assert torch.equal(starts[1], after[0]) and torch.equal(starts[2], after[1])  # each attack continues the last δ
     assert not torch.equal(after[0], after[1])
+
+
+def test_the_word_form_continues_one_word_alone_across_the_templates(pipe, spec, monkeypatch):
+    """attack_form "word": δ in "a <δ>", "a picture of a <δ>", ... (no concept word), one δ for every template,
+    learned on the base images of every target prompt."""
+    import importlib
+
+    from score_erasure.prompting.tokens import WORD_TEMPLATES
+
+    score_robust = importlib.import_module("score_erasure.methods.score_robust")
+    cfg = get_method("score-robust").config({**FAST["score-robust"], "attack_form": "word", "attack_iterations": 2})
+    run = RobustScoreTraining(denoiser_for(pipe), spec, cfg)
+    assert len(run.attack_prompts) == len(WORD_TEMPLATES)
+    words = {run.denoiser.tokenizer.decode([int(i)]) for p in run.attack_prompts for i in p.ids[0]}
+    assert "star" not in words
+    seen, real = [], score_robust.soft_prompt_steps
+    monkeypatch.setattr(score_robust, "soft_prompt_steps",
+                        lambda d, prompt, v, x, *a: seen.append((v.clone(), len(x))) or real(d, prompt, v, x, *a))
+    after = []
+    for k in range(3):
+        run.inner_attack(k)
+        after.append(run.vectors[0].clone())
+    assert set(run.vectors) == {0}  # one word
+    assert torch.equal(seen[1][0], after[0]) and torch.equal(seen[2][0], after[1])
+    assert all(n == len(run.bank_e[0]) for _, n in seen)  # every target prompt's base images

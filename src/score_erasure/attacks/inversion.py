@@ -26,9 +26,7 @@ from pydantic import Field, field_validator
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, concept_latents
 from score_erasure.prompting.optimise import generator, initial_vectors, soft_prompt_steps
-from score_erasure.prompting.tokens import TokenPrompt, token_prompt
-
-WORD_TEMPLATES = ("a {token}", "a picture of a {token}", "a photo of a {token}", "an image of a {token}")
+from score_erasure.prompting.tokens import WORD_TEMPLATES, template_prompt
 
 
 class InversionConfig(AttackConfig):
@@ -63,11 +61,6 @@ class InversionConfig(AttackConfig):
                 "target_images": self.target_images, "batch": self.batch}
 
 
-def inversion_prompt(denoiser, template: str, prompt: str, n_tokens: int) -> TokenPrompt:
-    before, after = template.replace("{prompt}", prompt).split("{token}")
-    return token_prompt(denoiser, [before, n_tokens, after])
-
-
 def inversion_prompts(ctx: AttackContext, cfg: InversionConfig) -> list[str]:
     """The prompts attacked: the protocol's target prompts, or (form "word") the templates of the learned word."""
     return list(cfg.templates) if cfg.form == "word" else list(ctx.targets)
@@ -81,7 +74,7 @@ def learned_word(ctx: AttackContext, cfg: InversionConfig) -> tuple[torch.Tensor
         d, gen = ctx.denoiser, generator(cfg.seed)
         per_prompt = math.ceil(cfg.target_images / len(ctx.targets))
         x_tgt = torch.cat([concept_latents(ctx, p, per_prompt, gen) for p in ctx.targets])[:cfg.target_images]
-        templates = [inversion_prompt(d, t, "", cfg.n_tokens) for t in cfg.templates]
+        templates = [template_prompt(d, t, "", cfg.n_tokens) for t in cfg.templates]
         ctx.memo[key] = soft_prompt_steps(d, templates, initial_vectors(d, cfg.init_word, cfg.n_tokens), x_tgt,
                                           ctx.timesteps(), cfg.iterations, cfg.lr, cfg.batch, gen)
     return ctx.memo[key]
@@ -91,11 +84,11 @@ def inversion(ctx: AttackContext, prompt: str, index: int, cfg: InversionConfig)
     d = ctx.denoiser
     if cfg.form == "word":  # `prompt` is one of the templates
         v_star, trace = learned_word(ctx, cfg)
-        return FoundPrompt(inversion_prompt(d, prompt, "", cfg.n_tokens), prompt.replace("{token}", "<S*>"),
+        return FoundPrompt(template_prompt(d, prompt, "", cfg.n_tokens), prompt.replace("{token}", "<S*>"),
                            vectors=v_star, exact_text=False, trace=trace)
     gen = generator(cfg.seed, index)
     x_tgt = concept_latents(ctx, prompt, cfg.target_images, gen)
-    S_star = inversion_prompt(d, cfg.template, prompt, cfg.n_tokens)
+    S_star = template_prompt(d, cfg.template, prompt, cfg.n_tokens)
     v_star, trace = soft_prompt_steps(d, S_star, initial_vectors(d, cfg.init_word, cfg.n_tokens), x_tgt,
                                       ctx.timesteps(), cfg.iterations, cfg.lr, cfg.batch, gen)
     readable = cfg.template.replace("{prompt}", prompt).replace("{token}", "<S*>").strip()

@@ -11,11 +11,16 @@ discriminator's concept branch all draw from it (as AdvUnlearn adds its adversar
 objective). At most `max_adversarial` found prompts are kept, the oldest dropped. With `persistent`, each target
 prompt keeps one adversarial δ that every later inner attack on it continues from (persistent adversarial
 examples): over a run the attack accumulates attack_iterations x (iterations / attack_every) steps, the budget
-of a real inversion attack, instead of restarting from a neutral word each time. Found prompts are not
-checkpointed: a resumed run starts finding them afresh.
+of a real inversion attack, instead of restarting from a neutral word each time. With `attack_form = "word"` the
+adversary is concept inversion's canonical form instead: one word δ alone in the templates "a <δ>", "a picture of
+a <δ>", ... (no concept word), each inner attack on the next template in turn and on the base model's images of
+every target prompt, one δ shared across templates. Found prompts are not checkpointed: a resumed run starts
+finding them afresh.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,7 +29,7 @@ from pydantic import Field
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.score import ScoreConfig, ScoreTraining, score
 from score_erasure.prompting.optimise import generator, initial_vectors, soft_prompt_steps
-from score_erasure.prompting.tokens import token_prompt
+from score_erasure.prompting.tokens import WORD_TEMPLATES, template_prompt, token_prompt
 from score_erasure.spec import ConceptSpec
 
 
@@ -41,13 +46,17 @@ class ScoreRobustConfig(ScoreConfig):
     attack_lr: float = Field(1e-2, gt=0)
     attack_batch: int = Field(2, ge=1)
     max_adversarial: int = Field(8, ge=1)
+    # "prompt": δ before each target prompt; "word": δ alone in WORD_TEMPLATES (concept inversion's form)
+    attack_form: Literal["prompt", "word"] = "prompt"
 
 
 class RobustScoreTraining(ScoreTraining):
     def __init__(self, denoiser, spec: ConceptSpec, cfg: ScoreRobustConfig):
         super().__init__(denoiser, spec, cfg)
         self.c_clean = self.c_e
-        self.attack_prompts = [token_prompt(denoiser, [cfg.attack_tokens, p]) for p in spec.target_prompts]
+        self.attack_prompts = ([template_prompt(denoiser, t, "", cfg.attack_tokens) for t in WORD_TEMPLATES]
+                               if cfg.attack_form == "word"
+                               else [token_prompt(denoiser, [cfg.attack_tokens, p]) for p in spec.target_prompts])
         self.found: list[torch.Tensor] = []
         self.vectors: dict[int, torch.Tensor] = {}  # persistent δ per target prompt
         self.by_prompt: dict[int, torch.Tensor] = {}
@@ -56,16 +65,17 @@ class RobustScoreTraining(ScoreTraining):
         """Attack one target prompt on the current model; its found conditioning joins c_e."""
         cfg, d = self.cfg, self.denoiser
         i = int(np.random.default_rng([cfg.seed, 4, k]).integers(len(self.attack_prompts)))
-        x_tgt = self.bank_e[0][self.bank_e[1] == i]  # the base model's samples of prompt i
+        word = cfg.attack_form == "word"
+        x_tgt = self.bank_e[0] if word else self.bank_e[0][self.bank_e[1] == i]  # base samples of prompt i (or all)
         prompt = self.attack_prompts[i]
-        start = self.vectors.get(i) if cfg.persistent else None
+        start = self.vectors.get(0 if word else i) if cfg.persistent else None  # the word: one δ for all templates
         v, trace = soft_prompt_steps(d, prompt, initial_vectors(d, "thing", cfg.attack_tokens) if start is None
                                      else start, x_tgt, self.t, cfg.attack_iterations, cfg.attack_lr,
                                      cfg.attack_batch, generator(cfg.seed, 4, k))
         with torch.no_grad():
             found = prompt.condition(d, v)
-        if cfg.persistent:  # one δ per target prompt, its conditioning replaced as δ moves on
-            self.vectors[i] = v.detach()
+        if cfg.persistent:  # one δ per target prompt (or one word), its conditioning replaced as δ moves on
+            self.vectors[0 if word else i] = v.detach()
             self.by_prompt[i] = found
             self.found = list(self.by_prompt.values())[-cfg.max_adversarial:]
         else:

@@ -101,6 +101,16 @@ def token_prompt(denoiser, parts: Sequence[str | int | list[int]]) -> TokenPromp
                                                                                  dtype=torch.long))
 
 
+# Prompts that hold a learned word alone (Pham et al.'s concept inversion): no concept word in any of them.
+WORD_TEMPLATES = ("a {token}", "a picture of a {token}", "a photo of a {token}", "an image of a {token}")
+
+
+def template_prompt(denoiser, template: str, prompt: str, n_tokens: int) -> TokenPrompt:
+    """`template` with n_tokens slots at {token} and `prompt` at {prompt} (if it has one)."""
+    before, after = template.replace("{prompt}", prompt).split("{token}")
+    return token_prompt(denoiser, [before, n_tokens, after])
+
+
 class Vocabulary:
     """The tokens an attack may place (every token but special and unused ones) and their input embeddings."""
 
