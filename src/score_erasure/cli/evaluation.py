@@ -180,7 +180,9 @@ def register(app: typer.Typer) -> None:
                              certify={} if certify else None, sizes=sizes, cache_dir=cache_dir, use_cache=cache,
                              overwrite=overwrite, docs=docs, command=shlex.join(["score", *sys.argv[1:]]),
                              tables_only=tables_only, sets_path=packaged_sets_path(concept_sets))
-        console.print(f"{record['seconds']:.0f} s; tables: {out / 'leaderboard.md'}; page: {out / 'leaderboard.html'}")
+        written = out / "partial" if tables_only else out  # where `leaderboard` wrote them
+        console.print(f"{record['seconds']:.0f} s; tables: {written / 'leaderboard.md'}; "
+                      f"page: {written / 'leaderboard.html'}")
 
     @app.command("report")
     def report_cmd(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A folder written by `score "
