@@ -111,6 +111,24 @@ def test_score_reference_is_the_matched_anchor_or_empty(pipe, spec):
     torch.testing.assert_close(run.reference(1), run.uncond)
 
 
+
+def test_score_preserves_the_anchors_images_only_when_asked(pipe, spec, monkeypatch):
+    from score_erasure.methods.score import ScoreTraining
+
+    denoiser = denoiser_for(pipe)
+    cfg = get_method("score").config(FAST["score"])
+    plain = ScoreTraining(denoiser, spec, cfg)
+    assert len(plain.c_r) == len(dict.fromkeys(spec.retain_prompts)) == len(plain.bank_r[0])
+    run = ScoreTraining(denoiser, spec, cfg.model_copy(update={"pres_anchors": True, "pres_batch": 3}))
+    torch.testing.assert_close(run.c_r, denoiser.encode(list(dict.fromkeys([*spec.retain_prompts,
+                                                                             *spec.anchor_prompts]))))
+    assert len(run.bank_r[0]) == len(run.c_r)
+    seen = []
+    monkeypatch.setattr(run, "_noised", lambda bank, idx, t, gen: seen.append(len(idx)) or
+                        ScoreTraining._noised(run, bank, idx, t, gen))
+    loss, _ = run.step(0)
+    assert torch.isfinite(loss) and seen == [3]
+
 def test_score_without_an_early_stage_has_no_early_term(pipe, spec):
     method = get_method("score")
     trace = method.fit(denoiser_for(pipe), spec, method.config({**FAST["score"], "early_fraction": 0.0}),

@@ -7,6 +7,7 @@ independence between the concept C and the model's one-step clean estimate x0_ha
     L_early = ‖ε_θ(z_e, t_e, c_e) − [ε_0(z_e, t_e, ∅) + η(ε_0(z_e, t_e, c_e) − ε_0(z_e, t_e, ∅))]‖²   (k_e < K_e)
     L_unc   = ‖ε_θ(z, t, ∅) − ε_0(z, t, ∅)‖² at both z_e and z_l, with gradients (ANT computed it without)
     L_pres  = ‖ε_θ(z_r, t, c_r) − ε_0(z_r, t, c_r)‖², z_r a base-model sample of a retained prompt, noised
+              (`pres_anchors`: of an anchor too; `pres_batch` samples a step)
     L_D(φ)  = −½ log D(x0_hat(c_e)) − ½ log(1 − D(x0_hat(c_0)))      (c_0: matched anchors and retained prompts)
     L_adv   = −log(1 − D(x0_hat(c_e)))                               (non-saturating), λ_adv ramped
     Î(C; X) = log 2 − L_D on a batch D has not trained on (a variational lower bound on the MI)
@@ -61,6 +62,8 @@ class ScoreConfig(BaseModel):
     lambda_traj: float = Field(1.0, ge=0)
     alpha_unc: float = Field(0.5, ge=0)
     lambda_pres: float = Field(2.0, ge=0)
+    pres_batch: int = Field(1, ge=1)  # retained images per step in L_pres (all at the step's t_l)
+    pres_anchors: bool = False  # L_pres also on the anchors' own images: the concept turns into its anchor, unmoved
     lambda_adv_start: float = Field(0.1, ge=0)
     lambda_adv_end: float = Field(0.5, ge=0)
     adv_ramp: int = Field(50, ge=1)
@@ -118,7 +121,9 @@ class ScoreTraining:
         self.bank_e = self._bank(self.c_e)  # base-model clean latents of the concept's prompts
         self.bank_0 = self._bank(self.c_0)  # and of the C=0 prompts, the retained ones first
         in_r = self.bank_0[1] < len(self.c_r)
-        self.bank_r = (self.bank_0[0][in_r], self.bank_0[1][in_r])
+        self.bank_r = self.bank_0 if cfg.pres_anchors else (self.bank_0[0][in_r], self.bank_0[1][in_r])
+        if cfg.pres_anchors:
+            self.c_r = self.c_0
         x = self.bank_0[0]
         with torch.random.fork_rng(devices=[]):  # D's initial weights follow the seed, not the caller's RNG state
             torch.manual_seed(cfg.seed)
@@ -176,7 +181,8 @@ class ScoreTraining:
         c_e, t_e, t_l = self.c_e[i:i + 1], self.t[k_e:k_e + 1], self.t[k_l:k_l + 1]
         z_e = d.sample(c_e, cfg.steps, until=k_e, guidance=cfg.start_guidance, generator=gen)
         z_l = d.sample(c_e, cfg.steps, start=k_e, until=k_l, guidance=cfg.start_guidance, x=z_e)
-        z_r, p = self._noised(self.bank_r, torch.from_numpy(rng.integers(len(self.bank_r[0]), size=1)), t_l, gen)
+        z_r, p = self._noised(self.bank_r, torch.from_numpy(rng.integers(len(self.bank_r[0]), size=cfg.pres_batch)),
+                              t_l, gen)
         c_r = self.c_r[p]
         # ε_θ and ε_0 at every (x, t, c) the terms need, each in one batched call.
         inputs = [(z_l, t_l, c_e), (z_e, t_e, c_e), (z_e, t_e, uncond), (z_l, t_l, uncond), (z_r, t_l, c_r)]
