@@ -61,7 +61,7 @@ def test_the_word_form_continues_one_word_alone_across_the_templates(pipe, spec,
     cfg = get_method("score-robust").config({**FAST["score-robust"], "attack_form": "word", "attack_iterations": 2})
     run = RobustScoreTraining(denoiser_for(pipe), spec, cfg)
     assert len(run.attack_prompts) == len(WORD_TEMPLATES)
-    words = {run.denoiser.tokenizer.decode([int(i)]) for p in run.attack_prompts for i in p.ids[0]}
+    words = {run.denoiser.tokenizer.decode([int(i)]) for p, _ in run.attack_prompts for i in p.ids[0]}
     assert "star" not in words
     seen, real = [], score_robust.soft_prompt_steps
     monkeypatch.setattr(score_robust, "soft_prompt_steps",
@@ -69,7 +69,18 @@ def test_the_word_form_continues_one_word_alone_across_the_templates(pipe, spec,
     after = []
     for k in range(3):
         run.inner_attack(k)
-        after.append(run.vectors[0].clone())
-    assert set(run.vectors) == {0}  # one word
+        after.append(run.vectors[-1].clone())
+    assert set(run.vectors) == {-1}  # one word
     assert torch.equal(seen[1][0], after[0]) and torch.equal(seen[2][0], after[1])
     assert all(n == len(run.bank_e[0]) for _, n in seen)  # every target prompt's base images
+
+
+def test_both_forms_attack_the_prompts_and_the_word_alone(pipe, spec):
+    from score_erasure.prompting.tokens import WORD_TEMPLATES
+
+    cfg = get_method("score-robust").config({**FAST["score-robust"], "attack_form": "both", "attack_iterations": 1})
+    run = RobustScoreTraining(denoiser_for(pipe), spec, cfg)
+    assert [w for _, w in run.attack_prompts] == [False] * len(spec.target_prompts) + [True] * len(WORD_TEMPLATES)
+    for k in range(12):
+        run.inner_attack(k)
+    assert -1 in run.vectors and any(key >= 0 for key in run.vectors)  # a word and at least one prompt's δ

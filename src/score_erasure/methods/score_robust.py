@@ -13,9 +13,9 @@ prompt keeps one adversarial δ that every later inner attack on it continues fr
 examples): over a run the attack accumulates attack_iterations x (iterations / attack_every) steps, the budget
 of a real inversion attack, instead of restarting from a neutral word each time. With `attack_form = "word"` the
 adversary is concept inversion's canonical form instead: one word δ alone in the templates "a <δ>", "a picture of
-a <δ>", ... (no concept word), each inner attack on the next template in turn and on the base model's images of
-every target prompt, one δ shared across templates. Found prompts are not checkpointed: a resumed run starts
-finding them afresh.
+a <δ>", ... (no concept word), each inner attack on a random template and on the base model's images of every
+target prompt, one δ shared across templates; "both" draws each inner attack's prompt from either form. Found
+prompts are not checkpointed: a resumed run starts finding them afresh.
 """
 
 from __future__ import annotations
@@ -46,17 +46,20 @@ class ScoreRobustConfig(ScoreConfig):
     attack_lr: float = Field(1e-2, gt=0)
     attack_batch: int = Field(2, ge=1)
     max_adversarial: int = Field(8, ge=1)
-    # "prompt": δ before each target prompt; "word": δ alone in WORD_TEMPLATES (concept inversion's form)
-    attack_form: Literal["prompt", "word"] = "prompt"
+    # "prompt": δ before each target prompt; "word": δ alone in WORD_TEMPLATES (concept inversion's form);
+    # "both": each inner attack picks one of the two forms' prompts at random
+    attack_form: Literal["prompt", "word", "both"] = "prompt"
 
 
 class RobustScoreTraining(ScoreTraining):
     def __init__(self, denoiser, spec: ConceptSpec, cfg: ScoreRobustConfig):
         super().__init__(denoiser, spec, cfg)
         self.c_clean = self.c_e
-        self.attack_prompts = ([template_prompt(denoiser, t, "", cfg.attack_tokens) for t in WORD_TEMPLATES]
-                               if cfg.attack_form == "word"
-                               else [token_prompt(denoiser, [cfg.attack_tokens, p]) for p in spec.target_prompts])
+        # (prompt, is_word): the target prompts first, so that index i < len(targets) is target prompt i
+        self.attack_prompts = [(token_prompt(denoiser, [cfg.attack_tokens, p]), False) for p in spec.target_prompts
+                               if cfg.attack_form != "word"]
+        self.attack_prompts += [(template_prompt(denoiser, t, "", cfg.attack_tokens), True) for t in WORD_TEMPLATES
+                                if cfg.attack_form != "prompt"]
         self.found: list[torch.Tensor] = []
         self.vectors: dict[int, torch.Tensor] = {}  # persistent δ per target prompt
         self.by_prompt: dict[int, torch.Tensor] = {}
@@ -65,17 +68,17 @@ class RobustScoreTraining(ScoreTraining):
         """Attack one target prompt on the current model; its found conditioning joins c_e."""
         cfg, d = self.cfg, self.denoiser
         i = int(np.random.default_rng([cfg.seed, 4, k]).integers(len(self.attack_prompts)))
-        word = cfg.attack_form == "word"
+        prompt, word = self.attack_prompts[i]
         x_tgt = self.bank_e[0] if word else self.bank_e[0][self.bank_e[1] == i]  # base samples of prompt i (or all)
-        prompt = self.attack_prompts[i]
-        start = self.vectors.get(0 if word else i) if cfg.persistent else None  # the word: one δ for all templates
+        key = -1 if word else i  # the word: one δ for all templates
+        start = self.vectors.get(key) if cfg.persistent else None
         v, trace = soft_prompt_steps(d, prompt, initial_vectors(d, "thing", cfg.attack_tokens) if start is None
                                      else start, x_tgt, self.t, cfg.attack_iterations, cfg.attack_lr,
                                      cfg.attack_batch, generator(cfg.seed, 4, k))
         with torch.no_grad():
             found = prompt.condition(d, v)
         if cfg.persistent:  # one δ per target prompt (or one word), its conditioning replaced as δ moves on
-            self.vectors[0 if word else i] = v.detach()
+            self.vectors[key] = v.detach()
             self.by_prompt[i] = found
             self.found = list(self.by_prompt.values())[-cfg.max_adversarial:]
         else:
