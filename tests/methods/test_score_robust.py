@@ -1,6 +1,7 @@
 """score-robust: each inner attack adds one found conditioning to the concept set, never more than the cap,
 and the run records the attack's objective beside SCORE's terms."""
 
+import numpy as np
 import torch
 
 from score_erasure.backends import denoiser_for
@@ -84,3 +85,20 @@ def test_both_forms_attack_the_prompts_and_the_word_alone(pipe, spec):
     for k in range(12):
         run.inner_attack(k)
     assert -1 in run.vectors and any(key >= 0 for key in run.vectors)  # a word and at least one prompt's δ
+
+
+def test_found_conditionings_are_steered_from_their_targets_anchor_when_asked(pipe, spec):
+    cfg = get_method("score-robust").config({**FAST["score-robust"], "attack_form": "both", "attack_iterations": 1,
+                                             "persistent": False})
+    n, kinds = len(spec.target_prompts), set()
+    for reference in ("empty", "anchor"):
+        run = RobustScoreTraining(denoiser_for(pipe), spec, cfg.model_copy(update={"adversarial_reference": reference}))
+        for k in range(6):
+            run.inner_attack(k)
+            i = int(np.random.default_rng([cfg.seed, 4, k]).integers(len(run.attack_prompts)))
+            kinds.add(i >= n)
+            expected = (run.uncond if reference == "empty" else
+                        run.c_a[(i - n) % len(run.c_a) if i >= n else i][None])
+            torch.testing.assert_close(run.reference(len(run.c_e) - 1), expected)
+        torch.testing.assert_close(run.reference(0), run.c_a[:1])  # the spec's own targets: as in score
+    assert kinds == {False, True}  # both a target prompt's δ and the word were found

@@ -49,6 +49,8 @@ class ScoreRobustConfig(ScoreConfig):
     # "prompt": δ before each target prompt; "word": δ alone in WORD_TEMPLATES (concept inversion's form);
     # "both": each inner attack picks one of the two forms' prompts at random
     attack_form: Literal["prompt", "word", "both"] = "prompt"
+    # what the erasure term steers a found conditioning away from: ∅ (as before), or the anchor of its target
+    adversarial_reference: Literal["empty", "anchor"] = "empty"
 
 
 class RobustScoreTraining(ScoreTraining):
@@ -60,9 +62,15 @@ class RobustScoreTraining(ScoreTraining):
                                if cfg.attack_form != "word"]
         self.attack_prompts += [(template_prompt(denoiser, t, "", cfg.attack_tokens), True) for t in WORD_TEMPLATES
                                 if cfg.attack_form != "prompt"]
-        self.found: list[torch.Tensor] = []
+        # the anchor each attack prompt's finds are steered towards with adversarial_reference "anchor": target
+        # prompt i's matched anchor (None, i.e. ∅, beyond them); the word in template j: anchor j, cyclically
+        n_a, n_p = len(self.c_a), sum(not w for _, w in self.attack_prompts)
+        self.attack_anchor = [((i - n_p) % n_a if w else i if i < n_a else None)
+                              if cfg.adversarial_reference == "anchor" and n_a else None
+                              for i, (_, w) in enumerate(self.attack_prompts)]
+        self.found: list[tuple[torch.Tensor, int | None]] = []  # (conditioning, anchor index or None: ∅)
         self.vectors: dict[int, torch.Tensor] = {}  # persistent δ per target prompt
-        self.by_prompt: dict[int, torch.Tensor] = {}
+        self.by_prompt: dict[int, tuple[torch.Tensor, int | None]] = {}
 
     def inner_attack(self, k: int) -> float:
         """Attack one target prompt on the current model; its found conditioning joins c_e."""
@@ -76,15 +84,23 @@ class RobustScoreTraining(ScoreTraining):
                                      else start, x_tgt, self.t, cfg.attack_iterations, cfg.attack_lr,
                                      cfg.attack_batch, generator(cfg.seed, 4, k))
         with torch.no_grad():
-            found = prompt.condition(d, v)
+            found = (prompt.condition(d, v), self.attack_anchor[i])
         if cfg.persistent:  # one δ per target prompt (or one word), its conditioning replaced as δ moves on
             self.vectors[key] = v.detach()
             self.by_prompt[i] = found
             self.found = list(self.by_prompt.values())[-cfg.max_adversarial:]
         else:
             self.found = [*self.found, found][-cfg.max_adversarial:]
-        self.c_e = torch.cat([self.c_clean, *self.found])
+        self.c_e = torch.cat([self.c_clean, *(c for c, _ in self.found)])
         return trace[-1]
+
+    def reference(self, i: int) -> torch.Tensor:
+        """A found conditioning's reference: ∅ (`adversarial_reference = "empty"`) or its target's anchor."""
+        n = len(self.c_clean)
+        if i < n:
+            return super().reference(i)
+        a = self.found[i - n][1]
+        return self.uncond if a is None else self.c_a[a:a + 1]
 
     def step(self, k: int) -> tuple[torch.Tensor, dict[str, float]]:
         found = {"attack": self.inner_attack(k)} if k % self.cfg.attack_every == 0 else {}
