@@ -70,6 +70,9 @@ def test_ant_is_score_without_the_adversary():
     assert get_method("ant").config().adversarial is False
     assert get_method("score").config().adversarial is True
     assert get_method("ant").fit is get_method("score").fit
+    # score's preservation is its own (and FADE's, its other name); ANT, TRACE and score-robust keep the plain one
+    assert get_method("score").config().pres_anchors and get_method("fade").config() == get_method("score").config()
+    assert not any(get_method(m).config().pres_anchors for m in ("ant", "trace", "score-robust"))
 
 
 def test_same_seed_same_delta(spec):
@@ -116,7 +119,7 @@ def test_score_preserves_the_anchors_images_only_when_asked(pipe, spec, monkeypa
     from score_erasure.methods.score import ScoreTraining
 
     denoiser = denoiser_for(pipe)
-    cfg = get_method("score").config(FAST["score"])
+    cfg = get_method("score").config({**FAST["score"], "pres_anchors": False, "pres_batch": 1})
     plain = ScoreTraining(denoiser, spec, cfg)
     assert len(plain.c_r) == len(dict.fromkeys(spec.retain_prompts)) == len(plain.bank_r[0])
     run = ScoreTraining(denoiser, spec, cfg.model_copy(update={"pres_anchors": True, "pres_batch": 3}))

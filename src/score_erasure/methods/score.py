@@ -40,7 +40,8 @@ from score_erasure.spec import ConceptSpec
 
 
 class ScoreConfig(BaseModel):
-    """Every component can be switched off: ablations are configs."""
+    """Every component can be switched off: ablations are configs. The defaults are the fine-tune that `ant`,
+    `trace` and `score-robust` share; `score` adds SCORE_PRESERVATION to them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,6 +77,13 @@ class ScoreConfig(BaseModel):
     saliency_keep: float = 0.8  # per map; the intersection of 10 maps then keeps ~20% of the UNet
     bank_per_prompt: int = 1
     seed: int = 0
+
+
+# `score`'s preservation (issue #20): L_pres on four images a step, the anchors' among them, at weight 8. It takes
+# the neutral images' drift below the base model's own seed-to-seed floor on object and style (docs/results.md,
+# "SCORE's preservation"); the old form (one retained image, weight 2) is `pres_anchors = false`, `pres_batch = 1`,
+# `lambda_pres = 2`.
+SCORE_PRESERVATION = {"pres_anchors": True, "pres_batch": 4, "lambda_pres": 8.0}
 
 
 class Discriminator(nn.Module):
