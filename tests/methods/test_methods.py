@@ -114,7 +114,6 @@ def test_score_reference_is_the_matched_anchor_or_empty(pipe, spec):
     torch.testing.assert_close(run.reference(1), run.uncond)
 
 
-
 def test_score_preserves_the_anchors_images_only_when_asked(pipe, spec, monkeypatch):
     from score_erasure.methods.score import ScoreTraining
 
@@ -131,6 +130,7 @@ def test_score_preserves_the_anchors_images_only_when_asked(pipe, spec, monkeypa
                         ScoreTraining._noised(run, bank, idx, t, gen))
     loss, _ = run.step(0)
     assert torch.isfinite(loss) and seen == [3]
+
 
 def test_score_without_an_early_stage_has_no_early_term(pipe, spec):
     method = get_method("score")

@@ -129,9 +129,10 @@ class ScoreTraining:
         self.bank_e = self._bank(self.c_e)  # base-model clean latents of the concept's prompts
         self.bank_0 = self._bank(self.c_0)  # and of the C=0 prompts, the retained ones first
         in_r = self.bank_0[1] < len(self.c_r)
-        self.bank_r = self.bank_0 if cfg.pres_anchors else (self.bank_0[0][in_r], self.bank_0[1][in_r])
-        if cfg.pres_anchors:
-            self.c_r = self.c_0
+        if cfg.pres_anchors:  # L_pres on every C=0 prompt: the retained ones and the anchors
+            self.c_r, self.bank_r = self.c_0, self.bank_0
+        else:
+            self.bank_r = (self.bank_0[0][in_r], self.bank_0[1][in_r])
         x = self.bank_0[0]
         with torch.random.fork_rng(devices=[]):  # D's initial weights follow the seed, not the caller's RNG state
             torch.manual_seed(cfg.seed)

@@ -62,14 +62,9 @@ class RobustScoreTraining(ScoreTraining):
                                if cfg.attack_form != "word"]
         self.attack_prompts += [(template_prompt(denoiser, t, "", cfg.attack_tokens), True) for t in WORD_TEMPLATES
                                 if cfg.attack_form != "prompt"]
-        # the anchor each attack prompt's finds are steered towards with adversarial_reference "anchor": target
-        # prompt i's matched anchor (None, i.e. ∅, beyond them); the word in template j: anchor j, cyclically
-        n_a, n_p = len(self.c_a), sum(not w for _, w in self.attack_prompts)
-        self.attack_anchor = [((i - n_p) % n_a if w else i if i < n_a else None)
-                              if cfg.adversarial_reference == "anchor" and n_a else None
-                              for i, (_, w) in enumerate(self.attack_prompts)]
+        self.n_targets = sum(not w for _, w in self.attack_prompts)
         self.found: list[tuple[torch.Tensor, int | None]] = []  # (conditioning, anchor index or None: ∅)
-        self.vectors: dict[int, torch.Tensor] = {}  # persistent δ per target prompt
+        self.vectors: dict[int, torch.Tensor] = {}  # persistent δ per target prompt (key -1: the word)
         self.by_prompt: dict[int, tuple[torch.Tensor, int | None]] = {}
 
     def inner_attack(self, k: int) -> float:
@@ -84,7 +79,7 @@ class RobustScoreTraining(ScoreTraining):
                                      else start, x_tgt, self.t, cfg.attack_iterations, cfg.attack_lr,
                                      cfg.attack_batch, generator(cfg.seed, 4, k))
         with torch.no_grad():
-            found = (prompt.condition(d, v), self.attack_anchor[i])
+            found = (prompt.condition(d, v), self.anchor_of(i, word))
         if cfg.persistent:  # one δ per target prompt (or one word), its conditioning replaced as δ moves on
             self.vectors[key] = v.detach()
             self.by_prompt[i] = found
@@ -93,6 +88,16 @@ class RobustScoreTraining(ScoreTraining):
             self.found = [*self.found, found][-cfg.max_adversarial:]
         self.c_e = torch.cat([self.c_clean, *(c for c, _ in self.found)])
         return trace[-1]
+
+    def anchor_of(self, i: int, word: bool) -> int | None:
+        """The anchor that finds of attack prompt i are steered from with adversarial_reference "anchor" (None: ∅):
+        target prompt i's matched anchor; for the word in template j, anchor j, cyclically."""
+        n_a = len(self.c_a)
+        if self.cfg.adversarial_reference == "empty" or not n_a:
+            return None
+        if word:
+            return (i - self.n_targets) % n_a
+        return i if i < n_a else None
 
     def reference(self, i: int) -> torch.Tensor:
         """A found conditioning's reference: ∅ (`adversarial_reference = "empty"`) or its target's anchor."""
