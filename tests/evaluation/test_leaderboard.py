@@ -84,4 +84,19 @@ def test_a_run_of_the_concept_sets_alone_names_no_attack_and_costs_its_curves():
                                  "attacks": ["unlearndiff"], "certify": False, "seconds": 30.0,
                                  "compute": {"threads": 1}, "tasks": {}, "curves": [point]})
     assert "attacks" not in text.splitlines()[0]
-    assert "| method | concept sets | total |\n|---|---|---|\n| uce | 30 | 30 |" in text
+    assert "| method | concept sets s | total s |\n|---|---|---|\n| uce | 30 | 30 |" in text
+
+
+def test_the_cost_table_gives_each_row_its_seconds_erase_seconds_and_peak_memory():
+    from score_erasure.jobs.leaderboard_page import leaderboard_markdown
+
+    metric = {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    rows = [{"method": "uce", "status": "ok", "error": None, "seconds": 612.4, "erase_seconds": 3.2,
+             "peak_rss_mb": 901.6, "metrics": {"acc_e": metric}},
+            {"method": "mace", "status": "ok", "error": None, "seconds": 700.0, "erase_seconds": 40.0,
+             "peak_rss_mb": None, "metrics": {"acc_e": metric}}]
+    text = leaderboard_markdown({"command": "", "model": "embedded", "attacks": [], "certify": False,
+                                 "seconds": 1312.4, "compute": {"threads": 1}, "tasks": {"object/star": rows},
+                                 "curves": []})
+    assert "| uce | 612 / 3 / 902 | 0 | 612 |" in text
+    assert "| mace | 700 / 40 / - | 0 | 700 |" in text  # a peak not measured alone is left blank

@@ -22,6 +22,14 @@ def _cell(metric: dict | None) -> str:
     return "" if metric is None else f"{fmt(metric['value'])} [{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
 
 
+def _cost(row: dict) -> str:
+    """row s / erase s / peak MB of one row ("-" for what was not measured, as a peak shared with another job)."""
+    if row.get("seconds") is None:
+        return ""
+    keys = ("seconds", "erase_seconds", "peak_rss_mb")
+    return " / ".join("-" if row.get(k) is None else f"{row[k]:.0f}" for k in keys)
+
+
 def _columns(record: dict, rows: list[dict]) -> list[str]:
     extra = [f"asr_{a}" for a in record["attacks"]] + (["mi_nats"] if record["certify"] else [])
     return [c for c in (*COLUMNS, *extra) if any(c in r["metrics"] for r in rows)]
@@ -78,17 +86,16 @@ def leaderboard_markdown(record: dict) -> str:
                          f"{_cell(m.get('acc_s'))} | {_cell(m.get('fid'))} | {_cell(m.get('base_acc_e'))} | "
                          f"{p['erase_seconds']:.0f} |")
         lines.append("")
-    lines += ["#### Cost per method (seconds on this run's machine; a row: erase, evaluation, attacks, certificate)",
-              "", "| " + " | ".join(["method", *record["tasks"], "concept sets", "total"]) + " |",
+    lines += ["#### Cost per method (on this run's machine; a row: erase, evaluation, attacks, certificate)", "",
+              "Each task's cell: the row's seconds / the erase's seconds / the peak memory (MB) while erasing.", "",
+              "| " + " | ".join(["method", *record["tasks"], "concept sets s", "total s"]) + " |",
               "|---" * (len(record["tasks"]) + 3) + "|"]
     methods = [r["method"] for rows in record["tasks"].values() for r in rows] + [p["method"] for p in record["curves"]]
     for method in dict.fromkeys(methods):  # a run of the concept sets alone has curves and no task rows
-        per_task = [next((r.get("seconds") for r in rows if r["method"] == method), None)
-                    for rows in record["tasks"].values()]
+        per_task = [next((r for r in rows if r["method"] == method), {}) for rows in record["tasks"].values()]
         curve = sum(p["seconds"] or 0 for p in record["curves"] if p["method"] == method)
-        total = sum(s or 0 for s in per_task) + curve
-        lines.append("| " + " | ".join([method, *("" if s is None else f"{s:.0f}" for s in per_task), f"{curve:.0f}",
-                                        f"{total:.0f}"]) + " |")
+        total = sum(r.get("seconds") or 0 for r in per_task) + curve
+        lines.append("| " + " | ".join([method, *map(_cost, per_task), f"{curve:.0f}", f"{total:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
