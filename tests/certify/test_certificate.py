@@ -20,8 +20,14 @@ SMALL = {"n": 16, "folds": 2}
 
 def test_certificate_reports_model_and_base_leakage(tmp_path, tiny_dirs, star_protocol):
     model, base = map(str, tiny_dirs)
-    report = certify(model, "star", tmp_path, base=base, protocol_path=star_protocol, overrides=SMALL)
-    data = json.loads((tmp_path / "report.json").read_text())
+    out = tmp_path / "out"
+    report = certify(model, "star", out, base=base, protocol_path=star_protocol, overrides=SMALL,
+                     cache_dir=tmp_path / "cache")
+    again = certify(model, "star", tmp_path / "again", base=base, protocol_path=star_protocol, overrides=SMALL,
+                    cache_dir=tmp_path / "cache")
+    assert again.base_mi_nats == report.base_mi_nats and again.mi_nats == report.mi_nats  # the base's from the cache
+    assert len(list((tmp_path / "cache").rglob("seed*.png"))) == 2 * SMALL["n"]  # the base's two classes
+    data = json.loads((out / "report.json").read_text())
     for key in ("mi_nats", "base_mi_nats", "fano_nats", "pinsker_max_accuracy"):
         assert set(data[key]) == {"value", "ci_low", "ci_high"}
         assert 0 <= data[key]["ci_low"] <= data[key]["value"] <= data[key]["ci_high"]
@@ -30,10 +36,10 @@ def test_certificate_reports_model_and_base_leakage(tmp_path, tiny_dirs, star_pr
     assert "lower bound" in data["assumption"] and "near-optimal" in data["assumption"]
     assert data["neutral_prompts"] == [""]  # a model outside the world: ESD's anchor, the empty prompt
     assert report.model_hash != report.base_hash
-    html = (tmp_path / "report.html").read_text()
-    assert "lower bound" in html and (tmp_path / "images" / "base-concept.png").is_file()
-    (tmp_path / "report.html").unlink()
-    assert rerender(tmp_path).read_text() == html  # `score report` renders a certificate folder too
+    html = (out / "report.html").read_text()
+    assert "lower bound" in html and (out / "images" / "base-concept.png").is_file()
+    (out / "report.html").unlink()
+    assert rerender(out).read_text() == html  # `score report` renders a certificate folder too
 
 
 def test_attack_finds_join_the_concept_prompts(tmp_path, tiny_dirs, star_protocol):
@@ -41,7 +47,8 @@ def test_attack_finds_join_the_concept_prompts(tmp_path, tiny_dirs, star_protoco
     run_attack(model, "inversion", "star", tmp_path / "attack", base=base, protocol_path=star_protocol,
                overrides={"iterations": 2, "target_images": 1, "batch": 1}, use_cache=False, show_progress=False)
     report = certify(model, "star", tmp_path / "certificate", base=model, protocol_path=star_protocol,
-                     attack_folders=[tmp_path / "attack"], overrides={**SMALL, "neutral": "protocol"})
+                     attack_folders=[tmp_path / "attack"], overrides={**SMALL, "neutral": "protocol"},
+                     use_cache=False)
     assert "<S*> a star" in report.concept_prompts and report.base_mi_nats == report.mi_nats
     assert len(report.neutral_prompts) == 4
     # each source alone: its prompts and images add up to the whole; sources too small to probe say so
@@ -61,7 +68,7 @@ def test_certify_command(tmp_path, tiny_dirs, star_protocol, capsys, monkeypatch
     model, base = tiny_dirs
     monkeypatch.setattr(sys, "argv", ["score", "certify", "--concept", "star", "--model", str(model), "--base",
                                       str(base), "--protocol", str(star_protocol), "-n", "8", "--folds", "2",
-                                      "--out", str(tmp_path)])
+                                      "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     out = capsys.readouterr().out
@@ -83,6 +90,32 @@ def test_both_classes_draw_each_seed_once(tiny_dirs, star_protocol):
     images = class_images(pipe, inputs, 5, protocol, seed=10)
     expected = generate(pipe, ["a circle"], [14], steps=protocol.sampling.steps, show_progress=False)[0, 0]
     assert images.shape[0] == 5 and np.array_equal(images[4], expected)  # input 4 mod 3 = 1, seed 14
+
+
+def test_cached_base_images_are_the_images_a_fresh_draw_gives(tmp_path, tiny_dirs, star_protocol):
+    """Keyed by the conditioning and the call's seeds: the same input at the same seeds hits, anything else draws."""
+    from score_erasure.attacks.base import FoundPrompt
+    from score_erasure.backends import denoiser_for
+    from score_erasure.certify.certificate import class_images
+    from score_erasure.evaluation.cache import ImageCache
+    from score_erasure.evaluation.protocol import load_protocol
+    from score_erasure.models import load_pipeline
+    from score_erasure.prompting.tokens import token_prompt
+
+    pipe, protocol = load_pipeline(str(tiny_dirs[1])), load_protocol(star_protocol)
+    d = denoiser_for(pipe)
+    inputs = [FoundPrompt(token_prompt(d, [p]), p) for p in ("a star", "a circle", "a heart")]
+    cache = ImageCache(tmp_path)
+    fresh = class_images(pipe, inputs, 5, protocol, seed=10)
+    first = class_images(pipe, inputs, 5, protocol, seed=10, cache=(cache, "base-hash"))
+    assert (cache.generated, cache.hits) == (5, 0) and np.array_equal(first, fresh)
+    second = class_images(pipe, inputs, 5, protocol, seed=10, cache=(cache, "base-hash"))
+    assert (cache.generated, cache.hits) == (5, 5) and np.array_equal(second, fresh)
+    # four images: "a circle" is drawn at seed 11 alone (it was drawn at 11 and 14 together), the others hit
+    four = class_images(pipe, inputs, 4, protocol, seed=10, cache=(cache, "base-hash"))
+    assert (cache.generated, cache.hits) == (6, 8) and np.array_equal(four, class_images(pipe, inputs, 4, protocol, 10))
+    other = class_images(pipe, inputs, 5, protocol, seed=10, cache=(cache, "another-model"))
+    assert cache.generated == 11 and np.array_equal(other, fresh)
 
 
 def test_a_judge_without_features_is_refused_before_any_model_loads(tmp_path):

@@ -71,7 +71,11 @@ def test_separations_are_the_pairs_whose_intervals_do_not_overlap():
 
     rows = [row("a", 0.9, 0.85, 0.95), row("b", 0.5, 0.4, 0.6), row("c", 0.8, 0.55, 0.9)]
     found = separations(rows, ("h", "fid_ratio"))
-    assert found == ["h: a 0.9 vs b 0.5", "fid_ratio: b 0.5 vs a 0.9"]  # lower fid_ratio is better
+    assert found == ["h: a 0.9 over b 0.5", "fid_ratio: b 0.5 over a 0.9"]  # lower fid_ratio is better
+    rows.append(row("d", 0.1, 0.0, 0.2))
+    assert separations(rows, ("h",)) == ["h: a 0.9 over b 0.5, d 0.1", "h: c 0.8 over d 0.1", "h: b 0.5 over d 0.1"]
+    assert separations(rows[:1] + rows[3:] + rows[1:2], ("h",)) == ["h: a 0.9 over every other row",
+                                                                     "h: b 0.5 over d 0.1"]
 
 
 def test_a_run_of_the_concept_sets_alone_names_no_attack_and_costs_its_curves():

@@ -5,10 +5,17 @@ token vectors that attacks found, given their folders) and N from matched prompt
 spec's anchors: the same wording with the concept removed; or the protocol's neutral prompts), image j of
 either class from seed j. Fresh probes
 read the judge's image features and estimate I(C; X) for the model and for its base (probes.py).
+
+The base's images are the same in every certificate of one task whose inputs are the same (a leaderboard's
+rows share the targets, paraphrases and anchors, and each row's attacks find as many prompts): given an image
+cache, they are drawn once and reused, keyed by the conditioning itself and the seed list of the call that
+drew them (the batch decides the last bits), so a cached image is the image a fresh draw would give.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,10 +28,11 @@ from score_erasure.backends import denoiser_for
 from score_erasure.certify.probes import Leakage, fewest_images, probe_leakage
 from score_erasure.certify.report import CertificateReport, leakage_record, source_records, write_certificate
 from score_erasure.errors import UserError
-from score_erasure.evaluation.cache import use_sampler
+from score_erasure.evaluation.cache import ImageCache, use_sampler
 from score_erasure.evaluation.judges import load_judge
 from score_erasure.evaluation.protocol import Protocol
 from score_erasure.generate import generate
+from score_erasure.progress import progress_bar
 from score_erasure.prompting.tokens import token_prompt
 from score_erasure.provenance import provenance
 from score_erasure.spec import ConceptSpec
@@ -64,31 +72,53 @@ def certificate_inputs(denoiser, protocol: Protocol, concept: str, spec: Concept
     return concept_found, [FoundPrompt(token_prompt(denoiser, [p]), p) for p in words], sources
 
 
-def class_images(pipe, inputs: list[FoundPrompt], n: int, protocol: Protocol, seed: int) -> np.ndarray:
-    """n images; image j uses seed `seed + j` and input j mod len(inputs).
+def _drawn(pipe, found: FoundPrompt, seeds: list[int], protocol: Protocol, cache: tuple[ImageCache, str] | None
+           ) -> np.ndarray:
+    """One input's images at `seeds`, from `cache` (the cache and the pipe's model hash) when it holds them."""
+    condition = found.condition(denoiser_for(pipe))
+    if cache is not None:
+        store, model_hash = cache
+        digest = hashlib.sha256(condition.float().contiguous().numpy().tobytes() + json.dumps(seeds).encode())
+        key = f"certificate {digest.hexdigest()}"  # not a prompt: the conditioning and the call's seeds
+        cached = [store.load(model_hash, protocol.sampling, key, s) for s in seeds]
+        if all(image is not None for image in cached):
+            store.hits += len(seeds)
+            return np.stack(cached)
+    drawn = generate(pipe, [found.adversarial], seeds, steps=protocol.sampling.steps,
+                     guidance=protocol.sampling.guidance, prompt_embeds=condition, show_progress=False)[0]
+    if cache is not None:
+        for s, image in zip(seeds, drawn, strict=True):
+            store.store(model_hash, protocol.sampling, key, s, image)
+        store.generated += len(seeds)
+    return drawn
+
+
+def class_images(pipe, inputs: list[FoundPrompt], n: int, protocol: Protocol, seed: int,
+                 cache: tuple[ImageCache, str] | None = None, label: str | None = None) -> np.ndarray:
+    """n images; image j uses seed `seed + j` and input j mod len(inputs); a progress bar named `label`.
 
     Both classes use the same n seeds, one image per seed: with seeds reused within a class and not across,
     a probe could learn which noises a class drew instead of what the prompts put in the images."""
-    denoiser = denoiser_for(pipe)
     use_sampler(pipe, protocol.sampling.sampler)
     images: list[np.ndarray | None] = [None] * n
-    for i, found in enumerate(inputs[:n]):
-        rows = list(range(i, n, len(inputs)))
-        drawn = generate(pipe, [found.adversarial], [seed + j for j in rows], steps=protocol.sampling.steps,
-                         guidance=protocol.sampling.guidance, prompt_embeds=found.condition(denoiser),
-                         show_progress=False)[0]
-        for j, image in zip(rows, drawn, strict=True):
-            images[j] = image
+    with progress_bar() as bar:
+        task = bar.add_task(label or "", total=n, info="", visible=label is not None)
+        for i, found in enumerate(inputs[:n]):
+            rows = list(range(i, n, len(inputs)))
+            for j, image in zip(rows, _drawn(pipe, found, [seed + j for j in rows], protocol, cache), strict=True):
+                images[j] = image
+            bar.update(task, advance=len(rows), info=f"{cache[0].hits} cached" if cache else "")
     return np.stack(images)
 
 
 def leakage_of(pipe, judge, concept_inputs: list[FoundPrompt], neutral_inputs: list[FoundPrompt], protocol: Protocol,
-               cfg: CertifyConfig, sources: list[str] | None = None
-               ) -> tuple[Leakage, np.ndarray, np.ndarray, dict[str, Leakage | None]]:
+               cfg: CertifyConfig, sources: list[str] | None = None, cache: tuple[ImageCache, str] | None = None,
+               who: str = "model") -> tuple[Leakage, np.ndarray, np.ndarray, dict[str, Leakage | None]]:
     """The leakage over all concept images, the two classes' images, and the leakage of each source's images
     alone against the neutral images of the same seeds (None where a source drew too few to probe)."""
-    concept_images = class_images(pipe, concept_inputs, cfg.n, protocol, cfg.seed)
-    neutral_images = class_images(pipe, neutral_inputs, cfg.n, protocol, cfg.seed)
+    concept_images, neutral_images = (class_images(pipe, inputs, cfg.n, protocol, cfg.seed, cache,
+                                                   f"certificate, {who}: {name}")
+                                      for inputs, name in ((concept_inputs, "concept"), (neutral_inputs, "neutral")))
     concept_features, neutral_features = judge.features(concept_images).numpy(), judge.features(neutral_images).numpy()
 
     def probe(rows: np.ndarray) -> Leakage:
@@ -113,18 +143,21 @@ def features_judge(protocol: Protocol):
 
 def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str, str], concept: str,
                       protocol: Protocol, spec: ConceptSpec, attack_folders: list[Path], cfg: CertifyConfig,
-                      out: Path, start: float | None = None, judge=None):
+                      out: Path, start: float | None = None, judge=None, cache: ImageCache | None = None):
     """The certificate of loaded pipelines (`score certify`, and `score bench --certify` on an erased pipeline
-    that has no files): `names` and `hashes` identify (model, base) in the report."""
+    that has no files): `names` and `hashes` identify (model, base) in the report; the base's images come from
+    and go to `cache` (the model's too when it is the base)."""
+    base_cache = (cache, hashes[1]) if cache is not None and cache.root is not None else None
     start = time.time() if start is None else start
     judge = judge or features_judge(protocol)
     concept_inputs, neutral_inputs, sources = certificate_inputs(denoiser_for(pipe), protocol, concept, spec,
                                                                  cfg.neutral, attack_folders)
     leak, concept_images, neutral_images, per_source = leakage_of(pipe, judge, concept_inputs, neutral_inputs,
-                                                                  protocol, cfg, sources)
+                                                                  protocol, cfg, sources,
+                                                                  base_cache if base_pipe is pipe else None)
     base_leak, base_concept_images, base_neutral_images, base_per_source = (
         (leak, concept_images, neutral_images, per_source) if base_pipe is pipe
-        else leakage_of(base_pipe, judge, concept_inputs, neutral_inputs, protocol, cfg, sources))
+        else leakage_of(base_pipe, judge, concept_inputs, neutral_inputs, protocol, cfg, sources, base_cache, "base"))
     report = CertificateReport(
         task=protocol.task, concept=concept, model=names[0], base=names[1], model_hash=hashes[0],
         base_hash=hashes[1], protocol={"name": protocol.name, "version": protocol.version},

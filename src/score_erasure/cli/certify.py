@@ -6,7 +6,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from score_erasure.cli.options import BaseOpt, ConceptOpt, ModelOpt, OverwriteOpt, ProtocolOpt, TaskOpt, console
+from score_erasure.cli.options import (
+    BaseOpt,
+    CacheDirOpt,
+    CacheOpt,
+    ConceptOpt,
+    ModelOpt,
+    OverwriteOpt,
+    ProtocolOpt,
+    TaskOpt,
+    console,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +36,8 @@ def register(app: typer.Typer) -> None:
         neutral: Annotated[str, typer.Option(help="'anchors' (the concept's prompts without it) or 'protocol' "
                                                   "(the protocol's neutral prompts).")] = "anchors",
         seed: Annotated[int, typer.Option(min=0, help="First image seed.")] = 0,
+        cache_dir: CacheDirOpt = None,
+        cache: CacheOpt = True,
         overwrite: OverwriteOpt = False,
     ) -> None:
         """Estimate how much of a concept is left: mutual information between concept and image, in nats.
@@ -37,7 +49,8 @@ def register(app: typer.Typer) -> None:
         from score_erasure.reporting import fmt
 
         report = certify(model, concept, out, task=task, base=base, protocol_path=protocol, attack_folders=attacks,
-                         overrides={"n": n, "folds": folds, "neutral": neutral, "seed": seed}, overwrite=overwrite)
+                         overrides={"n": n, "folds": folds, "neutral": neutral, "seed": seed}, overwrite=overwrite,
+                         cache_dir=cache_dir, use_cache=cache)
         table = Table(title=f"leakage of {report.task} / {concept}: {model} vs base {report.base}")
         for col in ("estimate", "model", "95% interval", "base", "95% interval"):
             table.add_column(col)

@@ -130,14 +130,16 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
 
 
 def _certificate_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest,
-                         protocol, out: Path, attacks: list[str], overrides: dict) -> dict[str, dict]:
-    """`score certify` on the erased pipeline, its concept prompts joined by what this row's attacks found."""
+                         protocol, out: Path, attacks: list[str], overrides: dict,
+                         cache: ImageCache | None = None) -> dict[str, dict]:
+    """`score certify` on the erased pipeline, its concept prompts joined by what this row's attacks found; the
+    base's images of the inputs every row shares come from `cache` after the first row."""
     log(f"bench: certificate of {name}")
     folders = [out / f"attack-{a}" for a in attacks if any((out / f"attack-{a}" / "prompts").glob("*.safetensors"))]
     report = certify_pipelines(erased, base_pipe, (name, request.base_model), (identity, base.hash), request.concept,
                                protocol, request.spec, folders,
                                validated_config(CertifyConfig, overrides, "certify"),
-                               out / "certify")
+                               out / "certify", cache=cache)
     return {k: getattr(report, k).model_dump() for k in CERTIFICATE_COLUMNS}
 
 
@@ -167,7 +169,7 @@ def _saved_row(folder: Path, key: dict) -> BenchRow | None:
 
 def _run_method(name: str, erase: Eraser, request: ErasureRequest, model: ModelRef, base: Sampled, protocol,
                 scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = (),
-                certify: dict | None = None) -> BenchRow:
+                certify: dict | None = None, cache: ImageCache | None = None) -> BenchRow:
     start = time.time()
     measured_alone = reset_peak_rss()
     pipe = model.load()  # a fresh copy per method: a method may edit the pipeline in place
@@ -188,7 +190,7 @@ def _run_method(name: str, erase: Eraser, request: ErasureRequest, model: ModelR
                           list(attacks), model.compositional_prompts(request.concept)) if attacks else {}
     # The unmodified model is certified against itself (one set of images, not two).
     leakage = (_certificate_metrics(base_pipe if erase is keep_unchanged else erased, name, base_pipe, base,
-                                   sampled.hash, request, protocol, out / name, list(attacks), certify)
+                                   sampled.hash, request, protocol, out / name, list(attacks), certify, cache)
                if certify is not None else {})
     measured = {**{k: v.model_dump() for k, v in report.metrics.items()}, **asr, **leakage}
     return BenchRow(name, "ok", erase_seconds=erase_seconds, peak_rss_mb=peak, seconds=time.time() - start,
@@ -247,7 +249,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
         log(f"bench [{i}/{len(methods)}]: {name}")
         try:
             rows.append(_run_method(name, registry[name], request, base_model, base, protocol, scorers, Path(out),
-                                    config, base_pipe, attacks, certify))
+                                    config, base_pipe, attacks, certify, cache))
             atomic_write_json(Path(out) / name / "row.json", {"key": key, "row": asdict(rows[-1])})
         except Exception as exc:  # a failed method is a row of the table, not the end of the run
             atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())

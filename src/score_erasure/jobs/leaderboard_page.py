@@ -6,7 +6,6 @@ metric when their 95% intervals do not overlap.
 
 from __future__ import annotations
 
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +35,19 @@ def _columns(record: dict, rows: list[dict]) -> list[str]:
 
 
 def separations(rows: list[dict], metrics: tuple[str, ...] = COMPARED) -> list[str]:
-    """Every pair of methods whose intervals on a metric do not overlap, the better one first."""
+    """Per metric, each method whose interval lies wholly on the better side of other methods' intervals, best
+    first, with the methods it is better than ("every other row" when it is better than all of them)."""
     found = []
     for name in metrics:
-        have = [(r["method"], Metric(**r["metrics"][name])) for r in rows if name in r["metrics"]]
-        for (a, ma), (b, mb) in combinations(have, 2):
-            if ma.ci_high < mb.ci_low or mb.ci_high < ma.ci_low:
-                high, low = ((a, ma), (b, mb)) if ma.value > mb.value else ((b, mb), (a, ma))
-                better, worse = (high, low) if BETTER.get(name) != "lower" else (low, high)
-                found.append(f"{name}: {better[0]} {fmt(better[1].value)} vs {worse[0]} {fmt(worse[1].value)}")
+        lower = BETTER.get(name) == "lower"
+        have = sorted(((r["method"], Metric(**r["metrics"][name])) for r in rows if name in r["metrics"]),
+                      key=lambda item: item[1].value, reverse=not lower)
+        for method, m in have:
+            worse = [(o, mo) for o, mo in have if (m.ci_high < mo.ci_low if lower else m.ci_low > mo.ci_high)]
+            if worse:
+                what = ("every other row" if len(worse) == len(have) - 1 > 1
+                        else ", ".join(f"{o} {fmt(mo.value)}" for o, mo in worse))
+                found.append(f"{name}: {method} {fmt(m.value)} over {what}")
     return found
 
 
@@ -67,11 +70,12 @@ def leaderboard_markdown(record: dict) -> str:
             seconds = f"{r['seconds']:.0f}" if r.get("seconds") is not None else ""
             lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {seconds} |")
         found = separations(done)
-        lines += ["", "Differences beyond the intervals (the better method first):" + ("" if found else " none."), ""]
+        lines += ["", "Differences beyond the intervals (each method over those whose intervals lie wholly on the "
+                  "worse side of its own):" + ("" if found else " none."), ""]
         for name in COMPARED:
-            pairs = [f[len(name) + 2:] for f in found if f.startswith(f"{name}: ")]
-            if pairs:
-                lines.append(f"- {name}: " + "; ".join(pairs))
+            better = [f[len(name) + 2:] for f in found if f.startswith(f"{name}: ")]
+            if better:
+                lines += [f"- {name}:", *(f"  - {b}" for b in better)]
         lines.append("")
     if record["curves"]:
         lines += ["#### Many concepts at once", "", "| method | k | concepts | acc_e | acc_s | fid | base acc_e | "
