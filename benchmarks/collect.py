@@ -3,6 +3,7 @@
     python benchmarks/collect.py runs/bench/object runs/bench/style ... > table.md
     python benchmarks/collect.py --v2 runs/bench/object ... > table.md   # + acc_c, acc_n, fid as a ratio to its floor
     python benchmarks/collect.py --asr runs/asr/object runs/asr/unsafe > asr.md   # ASR columns, with intervals
+    python benchmarks/collect.py --asr runs/asr3/object docs/data/leaderboard/object   # one task's columns joined
     python benchmarks/collect.py --cert runs/cert/object > cert.md   # every METHOD/certify/report.json below
 
 A bench still running (or stopped, to be resumed) has no results.json yet: its finished rows are read from
@@ -38,23 +39,36 @@ def rows(folder: Path) -> tuple[dict, list[dict]]:
         return results, results["rows"]
     saved = sorted(folder.glob("*/row.json"), key=lambda f: f.stat().st_mtime)
     keys = [json.loads(f.read_text()) for f in saved]
-    meta = {k: keys[0]["key"][k] for k in ("task", "concept", "attacks")} if keys else {}
+    fields = ("task", "concept", "attacks", "protocol_hash", "base_hash")
+    meta = {k: keys[0]["key"].get(k) for k in fields} if keys else {}
     return meta, [k["row"] for k in keys]
 
 
 def asr_table(folders: list[str]) -> None:
-    """ASR columns (the first folder's attacks), then the certificate's when the bench ran with --certify."""
-    metas = [rows(Path(f)) for f in folders]
-    attacks = metas[0][0].get("attacks", []) if metas else []
-    certified = any("mi_nats" in row["metrics"] for _, found in metas for row in found)
+    """ASR columns (every attack of the folders, in order of appearance), then the certificate's when a bench
+    ran with --certify. Folders of the same task and protocol join column by column: a method's row takes each
+    metric from the first folder that has it (say, p4d from one bench and unlearndiff from a leaderboard's rows);
+    folders of one task on different protocols or base models are refused."""
+    merged: dict[tuple[str, str], dict] = {}
+    attacks: list[str] = []
+    settings: dict[str, tuple] = {}
+    for folder in folders:
+        meta, found = rows(Path(folder))
+        task = f"{meta['task']} / {meta['concept']}"
+        attacks += [a for a in meta.get("attacks", []) if a not in attacks]
+        setting = (meta.get("protocol_hash"), meta.get("base_hash"))
+        if settings.setdefault(task, setting) != setting:
+            raise SystemExit(f"{folder}: another protocol or base model than an earlier folder of {task}")
+        for row in found:
+            metrics = merged.setdefault((task, row["method"]), {})
+            metrics.update({k: v for k, v in row["metrics"].items() if k not in metrics})
+    certified = any("mi_nats" in metrics for metrics in merged.values())
     columns = [f"asr_{a}" for a in attacks] + (["mi_nats", "base_mi_nats"] if certified else [])
     print("| task / concept | method | acc_e | " + " | ".join(c.removeprefix("asr_") for c in columns) + " |")
     print("|---" * (len(columns) + 3) + "|")
-    for meta, found in metas:
-        for row in found:
-            cells = [cell(row["metrics"].get(c), True) for c in columns]
-            print(f"| {meta['task']} / {meta['concept']} | {row['method']} | {cell(row['metrics'].get('acc_e'), False)}"
-                  " | " + " | ".join(cells) + " |")
+    for (task, method), metrics in merged.items():
+        cells = [cell(metrics.get(c), True) for c in columns]
+        print(f"| {task} | {method} | {cell(metrics.get('acc_e'), False)} | " + " | ".join(cells) + " |")
 
 
 def certificate_table(folders: list[str]) -> None:

@@ -239,11 +239,12 @@ def test_a_method_refuses_a_family_it_does_not_declare(monkeypatch, tiny_model_d
 
 def test_every_registry_entry_declares_what_it_needs():
     from score_erasure.attacks import ATTACKS, AttackConfig
-    from score_erasure.backends import FAMILIES
+    from score_erasure.backends import FAMILIES, TOKEN_FAMILIES
     from score_erasure.methods import METHODS
 
     for method in METHODS.values():
-        assert method.kind in ("weight-edit", "fine-tune", "hook") and set(method.families) <= set(FAMILIES)
+        assert method.kind in ("weight-edit", "fine-tune", "hook")
+        assert set(method.families) <= set(FAMILIES) or set(method.families) <= set(TOKEN_FAMILIES), method.name
         assert (method.kind == "hook") == (method.restore is not None), method.name
         method.config(method.smoke)  # the smoke config is valid
     for attack in ATTACKS.values():

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from score_erasure import parallel
-from score_erasure.backends import denoiser_for
+from score_erasure.backends import backend_for
 from score_erasure.errors import UserError
 from score_erasure.io import atomic_write
 from score_erasure.progress import progress_bar
@@ -43,7 +43,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")
     jobs = [(i, s) for i in range(len(prompts)) for s in seeds]
-    denoiser = denoiser_for(pipe)  # knows how this pipeline family takes prompts and guidance
+    backend = backend_for(pipe)  # knows how this pipeline family takes prompts and guidance
     batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
     mine = parallel.my_share(len(batches))  # all of them unless launched with accelerate
     done: dict[int, np.ndarray] = {}
@@ -54,8 +54,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
             chunk = batches[b]
             generators = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
             rows = [row for row, _ in chunk]
-            inputs = denoiser.pipeline_inputs(guidance, prompts=[prompts[row] for row in rows]) \
-                if prompt_embeds is None else denoiser.pipeline_inputs(guidance, cond=prompt_embeds[rows])
+            inputs = backend.pipeline_inputs(guidance, prompts=[prompts[row] for row in rows]) \
+                if prompt_embeds is None else backend.pipeline_inputs(guidance, cond=prompt_embeds[rows])
             images = pipe(**inputs, generator=generators, num_inference_steps=steps, output_type="np").images
             done[b] = np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
             bar.update(task, advance=len(chunk))
@@ -63,6 +63,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = DEFAULT_ST
     out = [done[b] for b in range(len(batches))]
     arr = np.concatenate(out)
     return arr.reshape(len(prompts), len(seeds), *arr.shape[1:])
+
+
+def sampler_name(pipe) -> str:
+    """What draws the pipeline's images, for the records: its scheduler's class, or `autoregressive`."""
+    scheduler = getattr(pipe, "scheduler", None)
+    return "autoregressive" if scheduler is None else type(scheduler).__name__
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
-from huggingface_hub import snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from transformers.utils import logging as transformers_logging
 
 from score_erasure.backends.base import resolution
@@ -29,7 +29,7 @@ from score_erasure.delta import ErasureDelta
 from score_erasure.errors import UserError
 from score_erasure.methods import hook_restorers
 from score_erasure.options import DTYPES, OPTIONS
-from score_erasure.pipelines import SingleEncoderFluxPipeline
+from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline
 from score_erasure.provenance import hash_directory, hash_files
 from score_erasure.spec import ConceptSpec, combine_specs
 from score_erasure.toyworld import model as world_model
@@ -117,6 +117,8 @@ class ModelRef:
 
     def _from_folder(self, dtype: torch.dtype) -> DiffusionPipeline:
         index = self.path / "model_index.json"
+        if not index.is_file() and _is_janus_checkpoint(self.path / "config.json"):
+            return JanusImagePipeline.from_janus(str(self.path), dtype)
         if not index.is_file():
             raise UserError(f"'{self.name}' is not a diffusers model directory (no model_index.json); "
                             "pass a folder written by save_pretrained, a hub id, or 'embedded'")
@@ -124,7 +126,7 @@ class ModelRef:
             name = json.loads(index.read_text()).get("_class_name")
         except (OSError, ValueError):
             name = None  # let diffusers report the damage
-        cls = SingleEncoderFluxPipeline if name == SingleEncoderFluxPipeline.__name__ else DiffusionPipeline
+        cls = {c.__name__: c for c in (SingleEncoderFluxPipeline, JanusImagePipeline)}.get(name, DiffusionPipeline)
         try:
             return cls.from_pretrained(self.path, dtype=dtype, use_safetensors=True)  # never unpickle weights
         except Exception as exc:  # diffusers raises many types for a damaged folder
@@ -134,6 +136,8 @@ class ModelRef:
 
     def _from_hub(self, dtype: torch.dtype) -> DiffusionPipeline:
         try:
+            if _is_janus_checkpoint(self.name):
+                return JanusImagePipeline.from_janus(self.name, dtype)
             return DiffusionPipeline.from_pretrained(self.name, dtype=dtype)
         except Exception as exc:
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
@@ -161,6 +165,16 @@ class ModelRef:
         """Held-out names of the concept among other attributes (the world's; none for other models: pass them
         to the paraphrase attack as extra_prompts)."""
         return world_specs.compositional_prompts(concept) if self.world else []
+
+
+def _is_janus_checkpoint(config: Path | str) -> bool:
+    """A transformers Janus checkpoint (Janus-Pro): its config.json, a file or a hub id's cached or downloaded one."""
+    try:
+        if isinstance(config, str):
+            config = Path(hf_hub_download(config, "config.json"))
+        return json.loads(config.read_text()).get("model_type") == "janus"
+    except Exception:  # no such file, not JSON, not on the hub: not a Janus checkpoint
+        return False
 
 
 def _looks_like_path(name: str) -> bool:
@@ -225,7 +239,8 @@ class Comparison:
 
 def check_comparable(pipe, base_pipe, model: str, base: str) -> None:
     """A model is measured against the model it was erased from: same network family, same image size."""
-    network, base_network = (type(getattr(p, "unet", None) or getattr(p, "transformer", None)).__name__
+    network, base_network = (type(next(m for m in (getattr(p, "unet", None), getattr(p, "transformer", None),
+                                                  getattr(p, "model", None), p) if m is not None)).__name__
                              for p in (pipe, base_pipe))
     if network != base_network:
         raise UserError(f"model '{model}' is a {network} but base '{base}' is a {base_network}; pass the model it "

@@ -6,9 +6,16 @@ pooled vector and T5 for the token states. The encoder's token states are the te
 masked mean (the sentence embedding all-MiniLM-L6-v2 was trained to produce) is the pooled vector. Everything
 else (packing, the shifted sigma schedule, the guidance embedding, decoding) is FluxPipeline's own code.
 Saved folders record this class in model_index.json; the model resolver (`models`) loads them.
+
+`JanusImagePipeline`: an autoregressive generator of transformers' Janus family (Janus, Janus-Pro) as a
+diffusers pipeline, so that generation, the image cache, deltas and saved folders treat it as any other model;
+what it draws comes from the token backend (`backends.tokens.JanusGenerator`).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from diffusers import (
@@ -19,8 +26,10 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from score_erasure.backends.base import masked_mean
+from score_erasure.backends.tokens import JanusGenerator, TokenConditioning
 
 
 class SingleEncoderFluxPipeline(FluxPipeline):
@@ -77,3 +86,53 @@ class SingleEncoderFluxPipeline(FluxPipeline):
         pooled_prompt_embeds = pooled_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, 0)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
         return prompt_embeds, pooled_prompt_embeds, text_ids
+
+
+class JanusImagePipeline(DiffusionPipeline):
+    """A Janus model (`JanusForConditionalGeneration`) and its tokenizer, prompted for images as
+    `<bos> template(prompt) <boi>`; `template` is "{prompt}" for a model trained on bare captions (the embedded
+    world's) and the chat turn for Janus-Pro (`from_janus`).
+
+    `num_inference_steps` is accepted and ignored: an autoregressive model draws one code per grid cell."""
+
+    def __init__(self, model, tokenizer, template: str = "{prompt}", bos_token_id: int = 1, boi_token_id: int = 2,
+                 pad_token_id: int = 0):
+        super().__init__()
+        self.register_modules(model=model, tokenizer=tokenizer)
+        self.register_to_config(template=template, bos_token_id=bos_token_id, boi_token_id=boi_token_id,
+                                pad_token_id=pad_token_id)
+
+    @classmethod
+    def from_janus(cls, name: str, dtype: torch.dtype | None = None) -> JanusImagePipeline:
+        """A transformers Janus checkpoint (hub id or folder, as `JanusForConditionalGeneration.save_pretrained`
+        writes it), with the special tokens and the chat turn its generation config and tokenizer name."""
+        from transformers import AutoTokenizer, JanusForConditionalGeneration
+        from transformers.utils import cached_file
+
+        model = JanusForConditionalGeneration.from_pretrained(name, dtype=dtype, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        # the BOI token is in generation_config.json's generation_kwargs, which GenerationConfig does not keep
+        found = cached_file(name, "generation_config.json", _raise_exceptions_for_missing_entries=False)
+        extra = json.loads(Path(found).read_text()).get("generation_kwargs") or {} if found else {}
+        template = "<|User|>: {prompt}\n\n<|Assistant|>:" if "<|User|>" in tokenizer.get_vocab() else "{prompt}"
+        return cls(model.eval(), tokenizer, template, bos_token_id=model.generation_config.bos_token_id,
+                   boi_token_id=extra.get("boi_token_id", tokenizer.convert_tokens_to_ids("<begin_of_image>")),
+                   pad_token_id=model.generation_config.pad_token_id or tokenizer.pad_token_id or 0)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of its images: the code grid times the VQ decoder's upsampling."""
+        vq = self.model.config.vq_config
+        side = vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
+        return side, side
+
+    @torch.no_grad()
+    def __call__(self, prompt: list[str] | str | None = None, prompt_embeds: TokenConditioning | None = None,
+                 guidance_scale: float = 5.0, generator: list[torch.Generator] | torch.Generator | None = None,
+                 num_inference_steps: int | None = None, temperature: float = 1.0, output_type: str = "np"):
+        generator_ = JanusGenerator(self)
+        cond = generator_.encode([prompt] if isinstance(prompt, str) else list(prompt)) \
+            if prompt_embeds is None else prompt_embeds
+        generators = generator if isinstance(generator, list) else [generator or torch.Generator()] * len(cond)
+        images = generator_.decode(generator_.sample(cond, generators, guidance_scale, temperature)).cpu()
+        return ImagePipelineOutput(images=images.numpy() if output_type == "np" else self.numpy_to_pil(images.numpy()))

@@ -15,7 +15,7 @@ from score_erasure.attacks import ATTACKS
 from score_erasure.delta import editable_parameters
 from score_erasure.evaluation.protocol import packaged_path
 from score_erasure.methods import METHODS
-from score_erasure.pipelines import SingleEncoderFluxPipeline
+from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline
 from score_erasure.toyworld.model import minilm_path
 
 
@@ -130,6 +130,31 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False, encoders: s
         pipe.default_sample_size = 8  # 32-pixel images, as the single-encoder pipeline
     else:
         raise ValueError(f"encoders must be 'single' or 'clip+t5', not {encoders!r}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_janus_pipeline(seed: int = 0) -> JanusImagePipeline:
+    """A JanusImagePipeline at toy scale: a 2-layer Llama of width 64 over the MiniLM word-piece vocabulary
+    (offline), an 8x8 grid of 64 codes, a VQ-VAE decoding them to 32x32 images (which the world judge reads);
+    about 3M parameters. [CLS], [SEP] and [PAD] stand in for Janus's BOS, BOI and pad tokens."""
+    from transformers import BertTokenizer, JanusConfig, JanusForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=32)
+    config = JanusConfig(
+        text_config={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": tokenizer.vocab_size,
+                     "max_position_embeddings": 128},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 4, "projection_dim": 64, "num_image_tokens": 64},
+        vq_config={"embed_dim": 8, "num_embeddings": 64, "base_channels": 32, "channel_multiplier": [1, 1, 2],
+                   "num_res_blocks": 1, "latent_channels": 8, "resolution": 32, "attn_resolutions": [],
+                   "projection_dim": 64, "image_token_embed_dim": 64, "num_patches": 8},
+        image_token_id=tokenizer.unk_token_id)
+    model = JanusForConditionalGeneration(config).eval()
+    pipe = JanusImagePipeline(model, tokenizer, bos_token_id=tokenizer.cls_token_id,
+                              boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

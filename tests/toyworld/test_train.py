@@ -61,3 +61,22 @@ def test_batches_built_in_a_loader_process_train_the_same_weights(tmp_path):
     for in_process, loaded in zip(runs[0], runs[1], strict=True):
         for k in in_process:
             torch.testing.assert_close(in_process[k], loaded[k], rtol=0, atol=0, msg=k)
+
+
+def test_autoregressive_training_resumes_exactly_and_gives_a_loadable_pipeline(tmp_path):
+    """VQ-VAE then the Janus transformer; the run's ar/ folder is a model (`--model runs/x/ar`)."""
+    from score_erasure.generate import generate
+    from score_erasure.models import resolve_model
+
+    cfg = TINY.model_copy(update={"vq_steps": 3, "vq_batch": 2, "ar_steps": 4, "ar_batch": 2})
+    assert train(tmp_path / "a", cfg, arch="ar")["complete"]
+    assert not train(tmp_path / "b", cfg, arch="ar", max_steps=5)["complete"]  # stops inside the AR stage
+    record = train(tmp_path / "b", cfg, arch="ar", resume=True)
+    assert record["complete"] and record["parameters"]["ar"] > 0 and set(record["seconds"]) >= {"vq", "ar"}
+    name = "ar/model/model.safetensors"
+    a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    pipe = resolve_model(str(tmp_path / "b" / "ar")).load()
+    assert generate(pipe, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)

@@ -9,6 +9,7 @@ from score_erasure.backends.base import FAMILIES, PARAMETER_GROUPS, Denoiser
 from score_erasure.backends.flux import FluxDenoiser
 from score_erasure.backends.sd import SDDenoiser
 from score_erasure.backends.sdxl import SDXLDenoiser
+from score_erasure.backends.tokens import TOKEN_FAMILIES, JanusGenerator, TokenGenerator
 from score_erasure.errors import UserError
 
 
@@ -22,8 +23,23 @@ def denoiser_for(pipe) -> Denoiser:
         return SDDenoiser(pipe)
     if isinstance(pipe, FluxPipeline):
         return FluxDenoiser(pipe)
+    if token_generator_of(pipe) is not None:
+        raise UserError(f"{type(pipe).__name__} draws images as tokens, not by denoising; this command or method "
+                        "supports diffusion models only so far")
     raise UserError(f"no erasure backend for {type(pipe).__name__} yet; supported: StableDiffusionPipeline, "
-                    "StableDiffusionXLPipeline, FluxPipeline")
+                    "StableDiffusionXLPipeline, FluxPipeline, JanusImagePipeline")
 
 
-__all__ = ["FAMILIES", "PARAMETER_GROUPS", "Denoiser", "denoiser_for"]
+def token_generator_of(pipe) -> TokenGenerator | None:
+    """The token backend of an autoregressive pipeline (JanusImagePipeline), None for any other."""
+    return JanusGenerator(pipe) if type(pipe).__name__ == "JanusImagePipeline" else None
+
+
+def backend_for(pipe) -> Denoiser | TokenGenerator:
+    """What draws `pipe`'s images: its Denoiser, or its token backend for an autoregressive model (generation and
+    evaluation need only `pipeline_inputs`, which both have)."""
+    return token_generator_of(pipe) or denoiser_for(pipe)
+
+
+__all__ = ["FAMILIES", "PARAMETER_GROUPS", "TOKEN_FAMILIES", "Denoiser", "TokenGenerator", "backend_for",
+           "denoiser_for", "token_generator_of"]

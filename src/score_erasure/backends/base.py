@@ -237,6 +237,8 @@ def unpack_pooled(cond: torch.Tensor, states_width: int, pooled_width: int) -> t
 
 def resolution(pipe) -> tuple[int, int]:
     """The (height, width) a pipeline generates by default."""
+    if hasattr(pipe, "image_size"):  # an autoregressive pipeline knows its own
+        return pipe.image_size
     network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     size = getattr(pipe, "default_sample_size", None) or network.config.sample_size
     side = int(size) * int(pipe.vae_scale_factor)

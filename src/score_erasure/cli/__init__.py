@@ -118,7 +118,7 @@ def generate_cmd(
 ) -> None:
     """Generate images for one or more prompts and a labelled grid; the same seed gives the same images."""
     from score_erasure import parallel
-    from score_erasure.generate import generate, save_grid, save_images, validate_prompts
+    from score_erasure.generate import generate, sampler_name, save_grid, save_images, validate_prompts
     from score_erasure.io import atomic_write_json, output_folder, release_folder
     from score_erasure.models import load_pipeline
     from score_erasure.provenance import provenance
@@ -134,7 +134,7 @@ def generate_cmd(
     save_grid(images, prompt, out / "grid.png", col_labels=[f"seed {s}" for s in seeds])
     verdicts = _verdicts(prompt, images, seeds) if judge else None
     atomic_write_json(out / "generate.json", provenance(model=model, prompts=prompt, seeds=seeds, steps=steps,
-                                                         guidance=guidance, sampler=type(pipe.scheduler).__name__,
+                                                         guidance=guidance, sampler=sampler_name(pipe),
                                                          processes=parallel.state().num_processes,
                                                          **({"verdicts": verdicts} if judge else {})))
     if judge:
@@ -252,14 +252,18 @@ def world_train(
     install: Annotated[bool, typer.Option(help="Copy the trained weights into the package (half precision).")]
     = False,
     arch: Annotated[str, typer.Option(help="'sd': the embedded model's VAE and UNet; 'flux': embedded-flux's "
-                                           "transformer, on the shipped VAE.")] = "sd",
+                                           "transformer, on the shipped VAE; 'ar': the autoregressive model "
+                                           "(a VQ-VAE and a Janus transformer; OUT/ar is its pipeline).")] = "sd",
 ) -> None:
     """Train an embedded model on the rendered world (sd: 102 minutes on 2 CPU cores; see the model card)."""
     from score_erasure.io import output_folder, release_folder
     from score_erasure.toyworld.train import TrainConfig, install_weights, train
 
-    if arch not in ("sd", "flux"):
-        raise UserError(f"unknown --arch '{arch}'; choose sd or flux")
+    if arch not in ("sd", "flux", "ar"):
+        raise UserError(f"unknown --arch '{arch}'; choose sd, flux or ar")
+    if install and arch == "ar":
+        raise UserError("the autoregressive model is not shipped in the package yet; drop --install and pass "
+                        f"--model {out / 'ar'} to the other commands")
     cfg = TrainConfig(**(json.loads(config.read_text()) if config else {}))
     output_folder(out, "train", resume=resume, overwrite=overwrite)
     record = train(out, cfg, resume=resume, arch=arch)

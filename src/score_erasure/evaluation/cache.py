@@ -44,10 +44,10 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmso
 def use_sampler(pipe, sampler: str) -> None:
     """Give `pipe` the protocol's sampler, keeping its scheduler config (schedule, prediction type, spacing).
     A flow model (FLUX) keeps its own flow-matching Euler scheduler: the protocol's diffusion samplers do not
-    apply to a velocity field."""
+    apply to a velocity field; an autoregressive model has no scheduler."""
     import diffusers
 
-    if type(pipe.scheduler).__name__.startswith("FlowMatch"):
+    if not hasattr(pipe, "scheduler") or type(pipe.scheduler).__name__.startswith("FlowMatch"):
         return
     name = SCHEDULERS[sampler]
     if type(pipe.scheduler).__name__ != name:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from score_erasure.attacks import get_attack
-from score_erasure.backends import denoiser_for
+from score_erasure.backends import backend_for
 from score_erasure.backends.base import resolution
 from score_erasure.certify.certificate import CertifyConfig, certify_pipelines
 from score_erasure.errors import UserError, validated_config
@@ -66,7 +66,7 @@ def eraser(name: str, overrides: dict | None = None) -> Eraser:
     config = method.config(overrides)  # a bad override fails here, before the bench starts
 
     def erase_for_bench(pipe, request: ErasureRequest):
-        denoiser = denoiser_for(pipe)
+        denoiser = backend_for(pipe)  # a TokenGenerator for an autoregressive model
         method.check_supports(denoiser)
         method.fit(denoiser, request.spec, config, show_progress=False)
         denoiser.network.requires_grad_(False)

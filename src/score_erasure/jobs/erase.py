@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from score_erasure import parallel
-from score_erasure.backends import denoiser_for
+from score_erasure.backends import backend_for
 from score_erasure.delta import ErasureDelta, editable_parameters, installed_hooks
 from score_erasure.errors import UserError
 from score_erasure.io import atomic_write_json, load_metadata, output_folder, release_folder
@@ -46,7 +46,7 @@ def erase(model: str | ModelRef, method_name: str, spec: ConceptSpec, out: Path,
         _require_same_run(out, run)
     torch.manual_seed(getattr(cfg, "seed", 0))
     pipe = model.load()
-    denoiser = denoiser_for(pipe)
+    denoiser = backend_for(pipe)  # a TokenGenerator for an autoregressive model
     method.check_supports(denoiser)
     editable = (denoiser.network_attr, method.components(denoiser))
     before = {k: v.detach().clone() for k, v in editable_parameters(pipe, *editable).items()}

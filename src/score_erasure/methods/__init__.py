@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
-from score_erasure.backends import FAMILIES, Denoiser
+from score_erasure.backends import FAMILIES, Denoiser, TokenGenerator
 from score_erasure.delta import COMPONENT_SEP, HookRestorer
 from score_erasure.errors import UserError, validated_config
 from score_erasure.methods import cgce, dumo, dve, semantic_surgery
@@ -24,6 +24,7 @@ from score_erasure.methods.esd import ESDConfig, esd
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.mace import MACEConfig, mace
 from score_erasure.methods.rece import RECEConfig, rece
+from score_erasure.methods.s_vare import SVAREConfig, s_vare
 from score_erasure.methods.salun import SalUnConfig, salun
 from score_erasure.methods.score import SCORE_PRESERVATION, ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
@@ -31,15 +32,17 @@ from score_erasure.methods.sdd import SDDConfig, sdd
 from score_erasure.methods.trace import TRACEConfig, trace
 from score_erasure.methods.trce import TRCEConfig, trce
 from score_erasure.methods.uce import UCEConfig, uce
+from score_erasure.methods.vce import VCEConfig, vce
 from score_erasure.spec import ConceptSpec
 
 MethodKind = Literal["weight-edit", "fine-tune", "hook"]
 
 
 class FitFunction(Protocol):
-    """Edit the denoiser's network in place (or attach a hook to it); return a Trace of the run, or None."""
+    """Edit the denoiser's network in place (or attach a hook to it); return a Trace of the run, or None. A method
+    of an autoregressive family gets the model's TokenGenerator instead."""
 
-    def __call__(self, denoiser: Denoiser, spec: ConceptSpec, config: BaseModel,
+    def __call__(self, denoiser: Denoiser | TokenGenerator, spec: ConceptSpec, config: BaseModel,
                  checkpointing: Checkpointing | None = None, show_progress: bool = True) -> Trace | None: ...
 
 
@@ -52,7 +55,7 @@ class Method:
     summary: str
     preset: dict = field(default_factory=dict)
     smoke: dict = field(default_factory=dict)  # overrides that finish in seconds on a tiny pipeline
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = FAMILIES  # diffusion families, or autoregressive ones (backends.TOKEN_FAMILIES)
     groups: tuple[str, ...] = ()  # the parameter groups it edits, where one `group` of its config does not say
     restore: HookRestorer | None = None  # hook methods: re-installs the hook saved in a delta under `name`
     edits_text_encoder: bool = False  # trains the text encoder (AdvUnlearn): the delta carries its weights too
@@ -66,11 +69,11 @@ class Method:
         """The network's parameter groups whose weights a run with `config` may change."""
         return self.groups or ((config.group,) if hasattr(config, "group") else ())
 
-    def components(self, denoiser: Denoiser) -> tuple[str, ...]:
+    def components(self, denoiser: Denoiser | TokenGenerator) -> tuple[str, ...]:
         """The pipeline components besides the network that a run may change (their attributes)."""
         return (denoiser.text_encoder_attr,) if self.edits_text_encoder else ()
 
-    def may_change(self, denoiser: Denoiser, config: BaseModel) -> set[str]:
+    def may_change(self, denoiser: Denoiser | TokenGenerator, config: BaseModel) -> set[str]:
         """The parameters a run with `config` may change, named as its delta names them."""
         names = set().union(*(denoiser.parameters(g) for g in self.edited_groups(config)))
         if self.edits_text_encoder:
@@ -80,7 +83,7 @@ class Method:
     def config(self, overrides: dict | None = None) -> BaseModel:
         return validated_config(self.config_class, {**self.preset, **(overrides or {})}, self.name)
 
-    def check_supports(self, denoiser: Denoiser) -> None:
+    def check_supports(self, denoiser: Denoiser | TokenGenerator) -> None:
         if denoiser.family not in self.families:
             raise UserError(f"'{self.name}' does not run on {denoiser.family.upper()} models (it supports "
                             f"{', '.join(f.upper() for f in self.families)}); pick another method")
@@ -141,6 +144,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("cgce", cgce.cgce, cgce.CGCEConfig, "hook",
            "CGCE: a classifier on text embeddings flags the concept; flagged embeddings follow its gradient away",
            smoke={"train_steps": 20, "steps": 3}, restore=cgce.restore),
+    Method("s-vare", s_vare, SVAREConfig, "fine-tune", "S-VARE (autoregressive): under the concept prompt, the "
+           "codes the base draws for the safe prompt, filtered cross-entropy + KL preservation",
+           smoke={"iterations": 2, "sequences_per_prompt": 1}, families=("janus",)),
+    Method("vce", vce, VCEConfig, "fine-tune", "VCE (autoregressive): DPO preferring the concept-free image of each "
+           "contrastive pair, token-level average with token drop", smoke={"iterations": 2, "pairs_per_prompt": 1},
+           families=("janus",)),
 )}
 
 

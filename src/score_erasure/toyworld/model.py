@@ -8,6 +8,10 @@ docs/embedded-model.md).
 `embedded-flux`: the FLUX architecture (FluxTransformer2DModel, rectified flow, FluxPipeline's shifted
 schedule) in a SingleEncoderFluxPipeline: the same frozen MiniLM gives the token states and the pooled vector,
 and the same VAE (its latents are the world's either way); only the transformer is trained for it.
+
+`embedded-ar` (being built, issue #21): transformers' Janus architecture at toy scale in a JanusImagePipeline:
+a VQ-VAE turns the world's 32x32 images into an 8x8 grid of 256 codes, and a Llama-style transformer over the
+MiniLM word-piece vocabulary (its own embeddings, learned; no text encoder) draws the codes one at a time.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from diffusers import (
 from transformers import BertModel, BertTokenizer
 
 from score_erasure.errors import UserError
-from score_erasure.pipelines import SingleEncoderFluxPipeline
+from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MAX_PROMPT_TOKENS = 24  # longest held-out paraphrase is ~21 MiniLM word pieces
@@ -85,6 +89,20 @@ FLUX_TRANSFORMER_CONFIG = dict(
 # FLUX.1's scheduler: sigmas shifted by mu, which calculate_shift takes from the image's token count.
 FLUX_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                              max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+
+AR_WIDTH = 256
+AR_CONFIG = dict(
+    text_config={"model_type": "llama", "hidden_size": AR_WIDTH, "intermediate_size": 704, "num_hidden_layers": 6,
+                 "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 128},
+    # Janus's understanding encoder: unused for generation, kept minimal
+    vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "image_size": 32, "patch_size": 4, "projection_dim": AR_WIDTH, "num_image_tokens": 64},
+    # 32x32 -> 8x8 codes (two downsamplings), 256 codes of width 32
+    vq_config={"embed_dim": 32, "num_embeddings": 256, "base_channels": 32, "channel_multiplier": [1, 1, 2],
+               "num_res_blocks": 1, "latent_channels": 32, "resolution": 32, "attn_resolutions": [],
+               "projection_dim": AR_WIDTH, "image_token_embed_dim": AR_WIDTH, "num_patches": 8},
+)
 
 
 def minilm_path() -> Path:
@@ -168,6 +186,30 @@ def load_embedded_flux(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = tor
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae", dtype=dtype)
     transformer = FluxTransformer2DModel.from_pretrained(weights_dir / "flux", dtype=dtype)
     pipe = assemble_flux(vae, transformer).to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def new_janus():
+    """The embedded autoregressive model, untrained: Janus at toy scale over the MiniLM vocabulary."""
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    tokenizer = ar_tokenizer()
+    config = JanusConfig(**{**AR_CONFIG, "text_config": {**AR_CONFIG["text_config"],
+                                                         "vocab_size": tokenizer.vocab_size}},
+                         image_token_id=tokenizer.unk_token_id)
+    return JanusForConditionalGeneration(config)
+
+
+def ar_tokenizer() -> BertTokenizer:
+    """MiniLM's word pieces; [CLS], [SEP] and [PAD] are the begin-of-sequence, begin-of-image and pad tokens."""
+    return BertTokenizer.from_pretrained(minilm_path(), model_max_length=MAX_PROMPT_TOKENS)
+
+
+def assemble_ar(janus) -> JanusImagePipeline:
+    tokenizer = ar_tokenizer()
+    pipe = JanusImagePipeline(janus, tokenizer, bos_token_id=tokenizer.cls_token_id,
+                              boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,5 +1,6 @@
 """Training of the embedded models: render a pool of scenes, fit the VAE, then the UNet on its latents
-(`arch="sd"`); or, for embedded-flux (`arch="flux"`), a FLUX transformer on the latents of the shipped VAE.
+(`arch="sd"`); or, for embedded-flux (`arch="flux"`), a FLUX transformer on the latents of the shipped VAE; or,
+for the autoregressive model (`arch="ar"`), a VQ-VAE, then a Janus transformer on the codes of the pool.
 
 Every stage checkpoints into the run directory and `resume=True` continues where it stopped. All
 randomness of step k is drawn from generators seeded by (seed, stage, k), so a resumed run takes the
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from score_erasure.backends.flux import FluxDenoiser
+from score_erasure.backends.tokens import JanusGenerator, TokenConditioning
 from score_erasure.io import atomic_write_json, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
@@ -51,6 +53,13 @@ class TrainConfig(BaseModel):
     flux_steps: int = Field(24_000, ge=0)
     flux_batch: int = Field(32, ge=1)
     flux_lr: float = Field(5e-4, gt=0)
+    # the autoregressive model's stages, sized from a 30-step probe (docs/embedded-model.md), not yet trained in full
+    vq_steps: int = Field(1_500, ge=0)
+    vq_batch: int = Field(32, ge=1)
+    vq_lr: float = Field(1e-3, gt=0)
+    ar_steps: int = Field(3_000, ge=0)
+    ar_batch: int = Field(64, ge=1)
+    ar_lr: float = Field(1e-3, gt=0)
     checkpoint_every: int = Field(500, ge=1)
     # Build each step's batch (captions, their encoding, latents, noise, t) in this many loader processes while
     # the network trains: caption encoding is ~40% of a step, and overlapping it uses the second core. The
@@ -95,6 +104,10 @@ class _Trainer:
         tensors = optimizer_tensors(self.opt) | {f"model.{k}": v for k, v in self.module.state_dict().items()}
         if self.ema is not None:
             tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        seen = set()  # tied weights (Janus's output head is its input embedding) share storage: safetensors
+        for k, v in tensors.items():  # stores each tensor once, so a second name gets a copy
+            tensors[k] = v.clone() if v.data_ptr() in seen else v
+            seen.add(v.data_ptr())
         save_tensors(tensors, self.path, {"step": step})
 
     def run(self, loss_fn: Callable[..., torch.Tensor], budget: list[int] | None = None,
@@ -301,10 +314,79 @@ def train_flux(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir
     return True
 
 
+def train_vq(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resume: bool,
+             budget: list[int] | None = None) -> bool:
+    """The autoregressive model's tokenizer (Janus's VQ-VAE): ‖D(q(E(x))) − x‖² + its codebook and commitment
+    terms, through the straight-through quantiser (transformers' own forward decodes from the code indices,
+    which passes no gradient to the encoder). A code no image of a step's batch uses is moved onto one of the
+    batch's encoder outputs (a dead-code restart, a function of the step alone, so resuming changes nothing)."""
+    vq = model.new_janus().model.vqmodel
+    trainer = _Trainer("vq", vq, cfg.vq_lr, cfg.vq_steps, 100, run_dir, cfg.checkpoint_every, resume=resume)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        rng, gen = _step_rng(cfg.seed, 4, step)
+        x = images[torch.from_numpy(rng.integers(len(images), size=cfg.vq_batch))]
+        z = vq.quant_conv(vq.encoder(x))
+        quantized, codebook_loss, codes = vq.quantize(z)
+        with torch.no_grad():
+            dead = torch.ones(vq.config.num_embeddings, dtype=torch.bool)
+            dead[codes] = False
+            if dead.any():
+                outputs = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                pick = torch.randint(len(outputs), (int(dead.sum()),), generator=gen)
+                vq.quantize.embedding.weight[dead] = outputs[pick]
+        return F.mse_loss(vq.decoder(vq.post_quant_conv(quantized)), x) + codebook_loss
+
+    if not trainer.run(loss_fn, budget):
+        return False
+    trainer.trained().save_pretrained(run_dir / "vq")
+    return True
+
+
+def train_ar(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: Path, resume: bool,
+             budget: list[int] | None = None) -> bool:
+    """The autoregressive transformer on the pool's codes: −Σ_i log p(r_i | r_<i, caption), teacher-forced through
+    the token backend itself (prompt format, padding, code embeddings as sampling sees them); a dropped caption
+    becomes the backend's own unconditional prefix, so guidance samples what training saw."""
+    from transformers.models.janus.modeling_janus import JanusVQVAE
+
+    janus = model.new_janus()
+    janus.model.vqmodel.load_state_dict(JanusVQVAE.from_pretrained(run_dir / "vq").state_dict())
+    janus.model.vqmodel.requires_grad_(False)
+    generator = JanusGenerator(model.assemble_ar(janus))
+    path = run_dir / "codes.safetensors"
+    if not path.exists():
+        with torch.no_grad():
+            codes = torch.cat([generator.image_codes(torch.from_numpy(images[i:i + 512]).float() / 255)
+                               for i in range(0, len(images), 512)])
+        save_tensors({"codes": codes}, path, {})
+    codes = load_tensors(path)[0]["codes"]
+    trainer = _Trainer("ar", janus, cfg.ar_lr, cfg.ar_steps, cfg.warmup_steps, run_dir, cfg.checkpoint_every,
+                       ema_decay=cfg.ema_decay, resume=resume)
+    janus.model.vqmodel.eval()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        rng, _ = _step_rng(cfg.seed, 5, step)
+        idx = rng.integers(len(scenes), size=cfg.ar_batch)
+        prefix = generator.encode([captions.training_caption(rng, scenes[i], characters[i]) for i in idx])
+        dropped = torch.from_numpy(rng.random(len(idx)) < cfg.caption_dropout)[:, None]
+        ids = torch.where(dropped, generator.unconditional(prefix).input_ids, prefix.input_ids)
+        cond = TokenConditioning(janus.get_input_embeddings()(ids), prefix.mask, ids)
+        target = codes[torch.from_numpy(idx)]
+        logits = generator.image_logits(cond, target)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    if not trainer.run(loss_fn, budget):
+        return False
+    model.assemble_ar(trainer.trained()).save_pretrained(run_dir / "ar")
+    return True
+
+
 def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
           arch: str = "sd") -> dict:
     """Train an embedded model into `run_dir`; returns the record. `arch="sd"`: the VAE and the UNet (vae/ and
-    unet/ diffusers folders); `arch="flux"`: the FLUX transformer (flux/) on the shipped VAE's latents.
+    unet/ diffusers folders); `arch="flux"`: the FLUX transformer (flux/) on the shipped VAE's latents;
+    `arch="ar"`: the VQ-VAE (vq/), then the autoregressive model (ar/, a JanusImagePipeline folder).
 
     `max_steps` caps the optimisation steps of this call (over both stages), leaving a checkpoint that
     `resume=True` continues from: long training split over several sessions."""
@@ -319,7 +401,7 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
         start = time.time()
         done = fn()
         record["seconds"][stage] = record["seconds"].get(stage, 0.0) + time.time() - start
-        record["complete"] = done and stage in ("unet", "flux")
+        record["complete"] = done and stage in ("unet", "flux", "ar")
         atomic_write_json(record_path, record)
         return done
 
@@ -332,6 +414,16 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
             if not timed("flux", lambda: train_flux(cfg, images, scenes, characters, run_dir, resume, budget)):
                 return record
         record["parameters"] = {"flux": model.count_parameters(model.new_flux_transformer())}
+    elif arch == "ar":
+        if not (resume and (run_dir / "vq" / "config.json").exists()):
+            if not timed("vq", lambda: train_vq(cfg, _to_unit(images), run_dir, resume, budget)):
+                return record
+        if not (resume and (run_dir / "ar" / "model_index.json").exists()):
+            if not timed("ar", lambda: train_ar(cfg, images, scenes, characters, run_dir, resume, budget)):
+                return record
+        janus = model.new_janus()
+        record["parameters"] = {"vq": model.count_parameters(janus.model.vqmodel),
+                                "ar": model.count_parameters(janus.model.language_model)}
     else:
         if not (resume and (run_dir / "vae" / "config.json").exists()):
             if not timed("vae", lambda: train_vae(cfg, _to_unit(images), run_dir, resume, budget)):

@@ -1,0 +1,210 @@
+"""The token backend: what methods, attacks and the evaluation need from an autoregressive image generator.
+
+An autoregressive generator (Janus-Pro, Emu3, LlamaGen) draws an image as N discrete codes of a VQ tokenizer, one
+at a time, each conditioned on the prompt and on the codes before it; the tokenizer's decoder turns the codes into
+pixels. `TokenGenerator` is to these models what `Denoiser` is to diffusion: it hides how a prompt is formatted and
+embedded, where the image-code logits come from and which weights are attention or feed-forward, so that a method
+(S-VARE's per-token cross-entropy, VCE's preference loss over code log-probabilities) never imports a model class.
+
+The conditioning is the prompt prefix as input embeddings (`TokenConditioning`), so that soft-prompt attacks
+optimise it directly, as they optimise a text encoder's input embeddings on the Denoiser.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TOKEN_FAMILIES = ("janus",)
+TOKEN_PARAMETER_GROUPS = ("attention", "ffn", "attention+ffn", "full")
+
+
+@dataclass
+class TokenConditioning:
+    """A batch of prompt prefixes, left-padded: their input embeddings (B, L, width), attention mask (B, L) and
+    token ids (B, L). The ids say which positions are special (kept by the unconditional prefix)."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    input_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.embeds)
+
+    def __getitem__(self, rows) -> TokenConditioning:
+        return TokenConditioning(self.embeds[rows], self.mask[rows], self.input_ids[rows])
+
+
+class TokenGenerator(ABC):
+    """A text-conditioned autoregressive generator of image codes, plus everything needed to run it on prompts."""
+
+    #: the model family a method declares support for: one of TOKEN_FAMILIES
+    family: str
+    #: attribute of the pipeline that holds `network`
+    network_attr: str
+    #: regexes over the names of the generator's own parameters: its attention and feed-forward layers
+    ATTENTION: str
+    FFN: str
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    @property
+    @abstractmethod
+    def network(self) -> nn.Module:
+        """The module whose weights methods change (the autoregressive transformer and its heads)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    @abstractmethod
+    def num_image_tokens(self) -> int:
+        """Codes per image (the grid's cells)."""
+
+    @property
+    @abstractmethod
+    def codebook_size(self) -> int:
+        """Distinct codes of the VQ tokenizer."""
+
+    @abstractmethod
+    def encode(self, prompts: list[str]) -> TokenConditioning:
+        """The prefixes of `prompts`, as the model is prompted for an image (template, special tokens)."""
+
+    @abstractmethod
+    def unconditional(self, cond: TokenConditioning) -> TokenConditioning:
+        """The prefixes classifier-free guidance contrasts `cond` with."""
+
+    @abstractmethod
+    def image_logits(self, cond: TokenConditioning, codes: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, N, codebook) of every code of `codes` (B, N) given the prefix and the codes
+        before it; with gradient, for training and for attacks."""
+
+    @abstractmethod
+    def sample(self, cond: TokenConditioning, generators: list[torch.Generator], guidance: float = 5.0,
+               temperature: float = 1.0) -> torch.Tensor:
+        """Codes (B, N) drawn one at a time with classifier-free guidance; row i draws from `generators[i]`, so an
+        image depends on its seed and prompt only."""
+
+    @abstractmethod
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images (B, H, W, 3) in [0, 1] from codes (B, N)."""
+
+    @abstractmethod
+    def image_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """The codes (B, N) of images (B, H, W, 3) in [0, 1]: the targets of teacher-forced losses."""
+
+    def log_likelihood(self, cond: TokenConditioning, codes: torch.Tensor) -> torch.Tensor:
+        """Summed log-probability (B,) of each row's codes: the quantity preference losses (VCE's DPO) compare."""
+        logits = self.image_logits(cond, codes).float()
+        return torch.log_softmax(logits, -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def parameters(self, group: str) -> dict[str, nn.Parameter]:
+        """Named parameters of `network` in a group: `attention`, `ffn`, both (`attention+ffn`, S-VARE's
+        choice) or `full`."""
+        named = dict(self.network.named_parameters())
+        if group == "full":
+            return named
+        patterns = {"attention": [self.ATTENTION], "ffn": [self.FFN], "attention+ffn": [self.ATTENTION, self.FFN]}
+        if group not in patterns:
+            raise ValueError(f"unknown parameter group '{group}'; choose one of {', '.join(TOKEN_PARAMETER_GROUPS)}")
+        return {n: p for n, p in named.items() if any(re.search(r, n) for r in patterns[group])}
+
+    def pipeline_inputs(self, guidance: float, prompts: list[str] | None = None,
+                        cond: TokenConditioning | None = None) -> dict:
+        """Keyword arguments for the pipeline's `__call__` (as `Denoiser.pipeline_inputs`)."""
+        inputs = {"prompt": list(prompts)} if cond is None else {"prompt_embeds": cond}
+        return {**inputs, "guidance_scale": guidance}
+
+
+class JanusGenerator(TokenGenerator):
+    """transformers' Janus classes (Janus, Janus-Pro): a Llama language model reads the prompt, a generation head
+    gives the image-code logits, the generation embeddings feed each drawn code back in, and a VQ-VAE decodes."""
+
+    family = "janus"
+    network_attr = "model"  # the pipeline attribute a delta's tensors are named under
+    ATTENTION = r"language_model\.layers\.\d+\.self_attn\."
+    FFN = r"language_model\.layers\.\d+\.mlp\."
+
+    @property
+    def model(self):
+        return self.pipe.model
+
+    @property
+    def network(self) -> nn.Module:
+        return self.pipe.model
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.model.model.vqmodel.config.num_patches ** 2  # the decoder's square grid
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.model.vqmodel.config.num_embeddings
+
+    def encode(self, prompts: list[str]) -> TokenConditioning:
+        config, tokenizer = self.pipe.config, self.pipe.tokenizer
+        ids = [[config.bos_token_id, *tokenizer(config.template.format(prompt=p), add_special_tokens=False).input_ids,
+                config.boi_token_id] for p in prompts]
+        width = max(len(row) for row in ids)
+        input_ids = torch.tensor([[config.pad_token_id] * (width - len(row)) + row for row in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
+        with torch.no_grad():
+            embeds = self.model.get_input_embeddings()(input_ids)
+        return TokenConditioning(embeds, mask, input_ids)
+
+    def unconditional(self, cond: TokenConditioning) -> TokenConditioning:
+        """Janus's own: every prefix position but BOS and BOI becomes the pad token."""
+        config = self.pipe.config
+        keep = (cond.input_ids == config.bos_token_id) | (cond.input_ids == config.boi_token_id)
+        input_ids = torch.where(keep, cond.input_ids, torch.full_like(cond.input_ids, config.pad_token_id))
+        embeds = self.model.get_input_embeddings()(input_ids).to(cond.embeds.dtype)
+        return TokenConditioning(embeds, cond.mask, input_ids)
+
+    def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_embeddings_for_image_generation(codes)
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache=None):
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                              cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def image_logits(self, cond: TokenConditioning, codes: torch.Tensor) -> torch.Tensor:
+        embeds = torch.cat([cond.embeds, self._code_embeddings(codes[:, :-1]).to(cond.embeds.dtype)], 1)
+        mask = torch.cat([cond.mask, torch.ones_like(codes[:, :-1])], 1)
+        hidden = self._run(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        return self.model.model.generation_head(hidden[:, cond.embeds.shape[1] - 1:])
+
+    @torch.no_grad()
+    def sample(self, cond: TokenConditioning, generators: list[torch.Generator], guidance: float = 5.0,
+               temperature: float = 1.0) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        both = self.unconditional(cond)
+        embeds, mask = torch.cat([cond.embeds, both.embeds]), torch.cat([cond.mask, both.mask])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache, n = DynamicCache(), len(cond)
+        codes = torch.zeros(n, self.num_image_tokens, dtype=torch.long, device=self.device)
+        for i in range(self.num_image_tokens):
+            hidden = self._run(embeds, mask, positions, cache)[:, -1]
+            logits = self.model.model.generation_head(hidden).float()
+            logits = logits[n:] + guidance * (logits[:n] - logits[n:])  # classifier-free guidance on the logits
+            probs = torch.softmax(logits / max(temperature, 1e-6), -1).cpu()
+            drawn = [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
+            codes[:, i] = torch.stack(drawn)
+            embeds = self._code_embeddings(torch.cat([codes[:, i], codes[:, i]]).unsqueeze(-1)).to(embeds.dtype)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            positions = positions[:, -1:] + 1
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return ((self.model.decode_image_tokens(codes).float() + 1) / 2).clamp(0, 1)
+
+    def image_codes(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = (images.permute(0, 3, 1, 2) * 2 - 1).to(self.device, self.model.dtype)
+        return self.model.model.vqmodel.encode(pixels).image_tokens.reshape(len(images), -1)

@@ -1,0 +1,107 @@
+"""The token backend (autoregressive generators) on a tiny random Janus: teacher forcing agrees with sampling,
+images depend on their prompt and seed only, parameter groups, saved folders and transformers checkpoints load
+through the model resolver, and diffusion-only code refuses these models in one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from score_erasure.backends import backend_for, denoiser_for, token_generator_of
+from score_erasure.backends.base import resolution
+from score_erasure.errors import UserError
+from score_erasure.generate import generate
+from score_erasure.models import resolve_model
+from score_erasure.pipelines import JanusImagePipeline
+from score_erasure.testing import run_cli, small_protocol_data, tiny_janus_pipeline
+
+PROMPTS = ["a star", "a striped red star on a blue ground"]  # different lengths: the shorter one is left-padded
+
+
+@pytest.fixture(scope="module")
+def janus():
+    return tiny_janus_pipeline(0)
+
+
+def test_teacher_forced_logits_are_those_the_sampler_drew_from(janus):
+    """Greedy codes drawn step by step with the KV cache are the argmax of the logits computed in one
+    teacher-forced pass: the same positions, masks and code embeddings on both paths (guidance 1 = the
+    conditional logits alone)."""
+    generator = token_generator_of(janus)
+    cond = generator.encode(PROMPTS)
+    assert cond.mask[0].tolist().count(0) > 0  # the short prompt is padded
+    codes = generator.sample(cond, [torch.Generator().manual_seed(0)] * 2, guidance=1.0, temperature=1e-8)
+    with torch.no_grad():
+        logits = generator.image_logits(cond, codes)
+    assert logits.shape == (2, generator.num_image_tokens, generator.codebook_size)
+    assert torch.equal(logits.argmax(-1), codes)
+
+
+def test_an_image_depends_on_its_prompt_and_seed_only(janus):
+    together = generate(janus, PROMPTS, [3, 4], show_progress=False)
+    alone = generate(janus, PROMPTS[:1], [4], show_progress=False)
+    assert together.shape == (2, 2, 32, 32, 3) and together.dtype == np.uint8
+    assert np.array_equal(together[0, 1], alone[0, 0])
+    assert not np.array_equal(together[0, 0], together[0, 1])  # another seed, another image
+    assert resolution(janus) == (32, 32)
+
+
+def test_likelihood_gradients_reach_exactly_the_chosen_group(janus):
+    generator = token_generator_of(janus)
+    attention, ffn = generator.parameters("attention"), generator.parameters("ffn")
+    assert attention and ffn and not set(attention) & set(ffn)
+    assert set(generator.parameters("attention+ffn")) == set(attention) | set(ffn)
+    codes = generator.image_codes(torch.rand(2, 32, 32, 3))
+    assert codes.shape == (2, 64) and int(codes.max()) < generator.codebook_size
+    janus.model.zero_grad()
+    generator.log_likelihood(generator.encode(PROMPTS), codes).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in attention.values())
+    janus.model.zero_grad()
+    with pytest.raises(ValueError, match="unknown parameter group"):
+        generator.parameters("xattn")
+
+
+def test_saved_pipelines_and_transformers_checkpoints_load_by_name(janus, tmp_path):
+    reference = generate(janus, PROMPTS[:1], [0], show_progress=False)
+    janus.save_pretrained(tmp_path / "pipe")
+    # a transformers checkpoint (as Janus-Pro is published): the model and tokenizer, special tokens in its config
+    checkpoint = tmp_path / "checkpoint"
+    janus.model.generation_config.bos_token_id = janus.config.bos_token_id
+    janus.model.generation_config.pad_token_id = janus.config.pad_token_id
+    janus.model.generation_config.generation_kwargs = {"boi_token_id": janus.config.boi_token_id}
+    janus.model.save_pretrained(checkpoint)
+    janus.tokenizer.save_pretrained(checkpoint)
+    assert json.loads((checkpoint / "config.json").read_text())["model_type"] == "janus"
+    for folder in (tmp_path / "pipe", checkpoint):
+        pipe = resolve_model(str(folder)).load()
+        assert isinstance(pipe, JanusImagePipeline)
+        assert np.array_equal(generate(pipe, PROMPTS[:1], [0], show_progress=False), reference)
+
+
+def test_score_generate_draws_from_a_janus_folder(janus, tmp_path, capsys, monkeypatch):
+    janus.save_pretrained(tmp_path / "pipe")
+    code, _, err = run_cli(capsys, monkeypatch, "generate", "--model", tmp_path / "pipe", "--prompt", "a star",
+                           "-n", "2", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert len(list((tmp_path / "out").rglob("seed*.png"))) == 2
+
+
+def test_diffusion_code_refuses_a_token_model_in_one_line(janus):
+    assert backend_for(janus).family == "janus"
+    with pytest.raises(UserError, match="draws images as tokens"):
+        denoiser_for(janus)
+
+
+def test_score_evaluate_measures_a_janus_model_against_its_base(janus, tmp_path, capsys, monkeypatch):
+    janus.save_pretrained(tmp_path / "pipe")
+    (tmp_path / "protocol.json").write_text(json.dumps(small_protocol_data("object", "star")))
+    common = ("--protocol", tmp_path / "protocol.json", "-c", "star", "--no-cache")
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tmp_path / "pipe", *common,
+                           "--out", tmp_path / "refused")
+    assert code != 0 and "JanusForConditionalGeneration" in err and "--base" in err  # the default base is SD
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", "--model", tmp_path / "pipe", "--base", tmp_path / "pipe",
+                           *common, "--out", tmp_path / "ev")
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["metrics"]["fid"]["value"] == 0 and 0 <= report["metrics"]["acc_e"]["value"] <= 1

@@ -1,0 +1,93 @@
+"""The autoregressive methods (S-VARE, VCE) on a tiny random Janus: their losses on hand-computable cases, a run
+changes only the attention and feed-forward weights and lowers its objective, and `score erase` writes a delta
+that loads as `--model`; diffusion methods refuse these models and these methods refuse diffusion models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from score_erasure.backends import token_generator_of
+from score_erasure.generate import generate
+from score_erasure.methods import get_method
+from score_erasure.methods.s_vare import filtered_cross_entropy, preservation
+from score_erasure.methods.vce import dpo_loss
+from score_erasure.spec import ConceptSpec
+from score_erasure.testing import run_cli, snapshot_changes, tiny_janus_pipeline
+
+SPEC = ConceptSpec(concepts=["star"], target_prompts=["a star", "a red star"],
+                   anchor_prompts=["a shape", "a red shape"])
+
+
+def test_filtered_cross_entropy_skips_codes_already_given_the_safe_value():
+    # two codes of a 2-code book, target 0 each: p = 0.9 (kept out: p >= 1/2) and p = 0.2 (ln 5)
+    logits = torch.log(torch.tensor([[[0.9, 0.1], [0.2, 0.8]]]))
+    loss = filtered_cross_entropy(logits, torch.zeros(1, 2, dtype=torch.long))
+    assert loss.item() == pytest.approx(math.log(5) / 2, rel=1e-5)
+
+
+def test_preservation_is_zero_on_the_base_and_positive_elsewhere():
+    logits = torch.randn(2, 3, 5)
+    base = torch.log_softmax(logits, -1)
+    assert preservation(logits, base).item() == pytest.approx(0, abs=1e-6)
+    assert preservation(logits + torch.randn(2, 3, 5), base).item() > 0
+
+
+def test_dpo_loss_is_ln2_at_the_reference_and_ignores_dropped_codes():
+    ref_w, ref_l = torch.randn(2, 4), torch.randn(2, 4)
+    keep = torch.tensor([[True, True, False, True]] * 2)
+    assert dpo_loss(ref_w, ref_l, ref_w, ref_l, keep, 0.1).item() == pytest.approx(math.log(2), rel=1e-6)
+    # preferring y_w more lowers the loss; a dropped code's log-probability changes nothing
+    better = ref_w + 1.0
+    assert dpo_loss(better, ref_l, ref_w, ref_l, keep, 0.1) < math.log(2)
+    dropped = better.clone()
+    dropped[:, 2] -= 50
+    assert dpo_loss(dropped, ref_l, ref_w, ref_l, keep, 0.1).item() == pytest.approx(
+        dpo_loss(better, ref_l, ref_w, ref_l, keep, 0.1).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name,term", [("s-vare", "fce"), ("vce", "dpo")])
+def test_a_run_lowers_its_objective_and_changes_only_attention_and_ffn(name, term):
+    generator, method = token_generator_of(tiny_janus_pipeline(0)), get_method(name)
+    per_prompt = "sequences_per_prompt" if name == "s-vare" else "pairs_per_prompt"
+    cfg = method.config({"iterations": 12, "lr": 3e-3, "batch": 4, per_prompt: 4})
+    runs = {}
+    _, changed = snapshot_changes(generator, method, lambda: runs.setdefault(
+        "trace", method.fit(generator, SPEC, cfg, show_progress=False)))
+    assert changed and changed <= method.may_change(generator, cfg)
+    assert all(".self_attn." in k or ".mlp." in k for k in changed)
+    series = runs["trace"].series(term)
+    assert np.mean(series[-3:]) < np.mean(series[:3]), series
+
+
+def test_score_erase_writes_a_delta_that_loads_as_a_model(tmp_path, capsys, monkeypatch):
+    pipe = tiny_janus_pipeline(0)
+    pipe.save_pretrained(tmp_path / "janus")
+    before = generate(pipe, ["a star"], [0, 1], show_progress=False)
+    code, _, err = run_cli(capsys, monkeypatch, "erase", "--model", tmp_path / "janus", "--method", "s-vare",
+                           "-c", "star", "--config", _config(tmp_path, "iterations = 5\nlr = 1e-2\n"),
+                           "--out", tmp_path / "erased")
+    assert code == 0, err
+    from score_erasure.models import load_pipeline
+
+    after = generate(load_pipeline(str(tmp_path / "erased")), ["a star"], [0, 1], show_progress=False)
+    assert not np.array_equal(before, after)
+    code, _, err = run_cli(capsys, monkeypatch, "erase", "--model", tmp_path / "janus", "--method", "esd-u",
+                           "-c", "star", "--out", tmp_path / "refused")
+    assert code != 0 and "'esd-u' does not run on JANUS models" in err
+
+
+def _config(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_token_methods_refuse_diffusion_models(pipe):
+    from score_erasure.backends import denoiser_for
+    from score_erasure.errors import UserError
+
+    for name in ("s-vare", "vce"):
+        with pytest.raises(UserError, match=f"'{name}' does not run on SD models"):
+            get_method(name).check_supports(denoiser_for(pipe))
