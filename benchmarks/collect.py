@@ -46,9 +46,10 @@ def rows(folder: Path) -> tuple[dict, list[dict]]:
 
 def asr_table(folders: list[str]) -> None:
     """ASR columns (every attack of the folders, in order of appearance), then the certificate's when a bench
-    ran with --certify. Folders of the same task and protocol join column by column: a method's row takes each
-    metric from the first folder that has it (say, p4d from one bench and unlearndiff from a leaderboard's rows);
-    folders of one task on different protocols or base models are refused."""
+    ran with --certify. Folders of the same task and protocol join column by column: the rows are the methods of
+    the task's first folder, and each takes a metric from the first folder that has it (say, p4d from one bench
+    and unlearndiff from a leaderboard's rows); folders of one task on different protocols or base models are
+    refused."""
     merged: dict[tuple[str, str], dict] = {}
     attacks: list[str] = []
     settings: dict[str, tuple] = {}
@@ -57,9 +58,12 @@ def asr_table(folders: list[str]) -> None:
         task = f"{meta['task']} / {meta['concept']}"
         attacks += [a for a in meta.get("attacks", []) if a not in attacks]
         setting = (meta.get("protocol_hash"), meta.get("base_hash"))
+        first = task not in settings
         if settings.setdefault(task, setting) != setting:
             raise SystemExit(f"{folder}: another protocol or base model than an earlier folder of {task}")
         for row in found:
+            if not first and (task, row["method"]) not in merged:
+                continue
             metrics = merged.setdefault((task, row["method"]), {})
             metrics.update({k: v for k, v in row["metrics"].items() if k not in metrics})
     certified = any("mi_nats" in metrics for metrics in merged.values())
