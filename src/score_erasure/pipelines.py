@@ -95,6 +95,8 @@ class JanusImagePipeline(DiffusionPipeline):
 
     `num_inference_steps` is accepted and ignored: an autoregressive model draws one code per grid cell."""
 
+    token_backend = JanusGenerator  # what draws its images (backends.token_generator_of)
+
     def __init__(self, model, tokenizer, template: str = "{prompt}", bos_token_id: int = 1, boi_token_id: int = 2,
                  pad_token_id: int = 0):
         super().__init__()
@@ -130,7 +132,7 @@ class JanusImagePipeline(DiffusionPipeline):
     def __call__(self, prompt: list[str] | str | None = None, prompt_embeds: TokenConditioning | None = None,
                  guidance_scale: float = 5.0, generator: list[torch.Generator] | torch.Generator | None = None,
                  num_inference_steps: int | None = None, temperature: float = 1.0, output_type: str = "np"):
-        generator_ = JanusGenerator(self)
+        generator_ = self.token_backend(self)
         cond = generator_.encode([prompt] if isinstance(prompt, str) else list(prompt)) \
             if prompt_embeds is None else prompt_embeds
         generators = generator if isinstance(generator, list) else [generator or torch.Generator()] * len(cond)

@@ -55,7 +55,7 @@ def test_likelihood_gradients_reach_exactly_the_chosen_group(janus):
     codes = generator.image_codes(torch.rand(2, 32, 32, 3))
     assert codes.shape == (2, 64) and int(codes.max()) < generator.codebook_size
     janus.model.zero_grad()
-    generator.log_likelihood(generator.encode(PROMPTS), codes).sum().backward()
+    generator.code_log_probs(generator.encode(PROMPTS), codes).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in attention.values())
     janus.model.zero_grad()
     with pytest.raises(ValueError, match="unknown parameter group"):

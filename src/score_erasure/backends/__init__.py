@@ -9,7 +9,7 @@ from score_erasure.backends.base import FAMILIES, PARAMETER_GROUPS, Denoiser
 from score_erasure.backends.flux import FluxDenoiser
 from score_erasure.backends.sd import SDDenoiser
 from score_erasure.backends.sdxl import SDXLDenoiser
-from score_erasure.backends.tokens import TOKEN_FAMILIES, JanusGenerator, TokenGenerator
+from score_erasure.backends.tokens import TOKEN_FAMILIES, TokenGenerator
 from score_erasure.errors import UserError
 
 
@@ -31,8 +31,10 @@ def denoiser_for(pipe) -> Denoiser:
 
 
 def token_generator_of(pipe) -> TokenGenerator | None:
-    """The token backend of an autoregressive pipeline (JanusImagePipeline), None for any other."""
-    return JanusGenerator(pipe) if type(pipe).__name__ == "JanusImagePipeline" else None
+    """The token backend of an autoregressive pipeline (one that names its `token_backend` class, as
+    JanusImagePipeline does), None for any other."""
+    backend = getattr(type(pipe), "token_backend", None)
+    return backend(pipe) if backend is not None else None
 
 
 def backend_for(pipe) -> Denoiser | TokenGenerator:

@@ -99,10 +99,11 @@ class TokenGenerator(ABC):
     def image_codes(self, images: torch.Tensor) -> torch.Tensor:
         """The codes (B, N) of images (B, H, W, 3) in [0, 1]: the targets of teacher-forced losses."""
 
-    def log_likelihood(self, cond: TokenConditioning, codes: torch.Tensor) -> torch.Tensor:
-        """Summed log-probability (B,) of each row's codes: the quantity preference losses (VCE's DPO) compare."""
+    def code_log_probs(self, cond: TokenConditioning, codes: torch.Tensor) -> torch.Tensor:
+        """log p(r_i | r_<i, prefix) of every code (B, N), teacher-forced: what preference losses (VCE's DPO)
+        average and compare."""
         logits = self.image_logits(cond, codes).float()
-        return torch.log_softmax(logits, -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return torch.log_softmax(logits, -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
 
     def parameters(self, group: str) -> dict[str, nn.Parameter]:
         """Named parameters of `network` in a group: `attention`, `ffn`, both (`attention+ffn`, S-VARE's

@@ -12,8 +12,8 @@ random token drop are the paper's stabilisers of DPO over long code sequences.
 Our reading (docs/methods.md; VCE's code is not public and its losses are given in words only): the pairs are the
 base model's codes for the concept prompt (y_l) and for its anchor (y_w) at the same seed, the contrast the
 paper builds with a multimodal LLM's refined captions; on a model of the embedded world the renderer would give
-exact pairs. β is DPO's usual 0.1; p, the rate and the step count are ours. The whole autoregressive transformer
-is trained (which parameters VCE trains is not stated).
+exact pairs. β is DPO's usual 0.1; p, the rate and the step count are ours. The attention and feed-forward layers
+are trained, as S-VARE's (which parameters VCE trains is not stated).
 """
 
 from __future__ import annotations
@@ -42,11 +42,6 @@ class VCEConfig(BaseModel):
     seed: int = 0
 
 
-def code_log_probs(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """log π(y_i | y_<i, x) of every code: logits (B, N, V), codes (B, N) -> (B, N)."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
-
-
 def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
              keep: torch.Tensor, beta: float) -> torch.Tensor:
     """L of a batch from per-code log-probabilities (B, N) and the kept codes (B, N, booleans)."""
@@ -68,16 +63,15 @@ def vce(generator, spec: ConceptSpec, cfg: VCEConfig, checkpointing: Checkpointi
         y_w = generator.sample(generator.encode([a for _, a in pairs]),
                                [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
         y_l = generator.sample(x, [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
-        ref_w = code_log_probs(generator.image_logits(x, y_w), y_w)
-        ref_l = code_log_probs(generator.image_logits(x, y_l), y_l)
+        ref_w, ref_l = generator.code_log_probs(x, y_w), generator.code_log_probs(x, y_l)
     params = trainable(generator, cfg.group)
 
     def step(k: int):
         rng = np.random.default_rng(parallel.step_key(cfg.seed, k))
         rows = rng.choice(len(pairs), size=min(cfg.batch, len(pairs)), replace=False).tolist()
         keep = torch.from_numpy(rng.random(y_w[rows].shape) >= cfg.token_drop).to(ref_w.device)
-        policy_w = code_log_probs(generator.image_logits(x[rows], y_w[rows]), y_w[rows])
-        policy_l = code_log_probs(generator.image_logits(x[rows], y_l[rows]), y_l[rows])
+        policy_w = generator.code_log_probs(x[rows], y_w[rows])
+        policy_l = generator.code_log_probs(x[rows], y_l[rows])
         loss = dpo_loss(policy_w, policy_l, ref_w[rows], ref_l[rows], keep, cfg.beta)
         return loss, {"dpo": loss.item()}
 

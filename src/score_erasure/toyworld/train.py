@@ -363,7 +363,6 @@ def train_ar(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: 
     codes = load_tensors(path)[0]["codes"]
     trainer = _Trainer("ar", janus, cfg.ar_lr, cfg.ar_steps, cfg.warmup_steps, run_dir, cfg.checkpoint_every,
                        ema_decay=cfg.ema_decay, resume=resume)
-    janus.model.vqmodel.eval()
 
     def loss_fn(step: int) -> torch.Tensor:
         rng, _ = _step_rng(cfg.seed, 5, step)
