@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from score_erasure.backends.tokens import TokenGenerator
 from score_erasure.evaluation.protocol import Check, Sampling
 from score_erasure.io import load_tensors
 from score_erasure.prompting.tokens import TokenPrompt
@@ -34,8 +35,9 @@ class AttackConfig(BaseModel):
 
 @dataclass
 class AttackContext:
-    """Everything an attack may use. `denoiser` is the model under attack; `base` the model before erasure
-    (it makes target images and P4D's reference predictions); `spec` holds matched prompt pairs with and
+    """Everything an attack may use. `denoiser` is the model under attack (a Denoiser, or a TokenGenerator for an
+    autoregressive model: the batches of `prompting.optimise` carry which objective applies); `base` the model
+    before erasure (it makes target images and P4D's reference predictions); `spec` holds matched prompt pairs with and
     without the concept (Ring-A-Bell's concept vector); `targets` are the protocol's target prompts, the ones
     the optimising attacks start from; `paraphrases` (held-out wording) and `compositional` (held-out names
     among other attributes) feed the paraphrase attack."""
@@ -51,9 +53,10 @@ class AttackContext:
     compositional: list[str] = field(default_factory=list)
     memo: dict = field(default_factory=dict)  # what an attack computes once for all its prompts (a learned word)
 
-    def timesteps(self) -> torch.Tensor:
-        """The attacks' noise levels: the sampler's timesteps at the protocol's step count."""
-        return self.denoiser.timesteps(self.sampling.steps)
+    def timesteps(self) -> torch.Tensor | None:
+        """The attacks' noise levels: the sampler's timesteps at the protocol's step count (None for a token
+        generator, whose objective has none)."""
+        return None if isinstance(self.denoiser, TokenGenerator) else self.denoiser.timesteps(self.sampling.steps)
 
 
 @dataclass
@@ -82,11 +85,19 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def concept_latents(ctx: AttackContext, prompt: str, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n clean latents of `prompt` from the base model, preferring those in which the judge sees the concept
-    (the attack's target images x_tgt): 2n are drawn and the hits come first."""
-    cond = ctx.base.encode([prompt]).expand(2 * n, -1, -1)
-    x0 = ctx.base.sample(cond, ctx.sampling.steps, guidance=ctx.sampling.guidance, generator=gen)
-    hits = ctx.judge.check(to_uint8(ctx.base.decode(x0)), ctx.detect)
+    """n clean latents (a token generator's: image codes) of `prompt` from the base model, preferring those in
+    which the judge sees the concept (the attack's target images x_tgt): 2n are drawn and the hits come first."""
+    base, cond = ctx.base, ctx.base.encode([prompt])
+    if isinstance(base, TokenGenerator):  # one generator per row, each seeded from `gen`
+        seeds = torch.randint(2 ** 62, (2 * n,), generator=gen).tolist()
+        x0 = base.sample(cond.expand(2 * n), [torch.Generator().manual_seed(s) for s in seeds],
+                         guidance=ctx.sampling.guidance)
+        images = base.decode(x0).permute(0, 3, 1, 2)
+    else:
+        x0 = base.sample(cond.expand(2 * n, -1, -1), ctx.sampling.steps, guidance=ctx.sampling.guidance,
+                         generator=gen)
+        images = base.decode(x0)
+    hits = ctx.judge.check(to_uint8(images), ctx.detect)
     order = np.argsort(~hits, kind="stable")
     return x0[torch.from_numpy(order[:n].copy())]
 

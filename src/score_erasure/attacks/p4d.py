@@ -9,17 +9,17 @@ P* is a sequence of vocabulary tokens, found as PEZ does (Wen et al. 2023): cont
 are updated with the gradient taken at their projection onto the nearest tokens (cosine). P4D-N learns
 `n_tokens` tokens on their own; P4D-K (`insert_every` = K > 0) inserts one learned token after every K tokens
 of P. Every `select_every` iterations the projected prompt is scored on a fixed batch and the best kept
-(the paper scores generated images by CLIP similarity to the targets instead).
+(the paper scores generated images by CLIP similarity to the targets instead). On a token generator the two
+predictions are next-code distributions on the base's codes, compared by KL divergence (our reading).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, best_tokens, concept_latents
-from score_erasure.prompting.optimise import NoisyBatch, generator
+from score_erasure.prompting.optimise import draw_batch, generator
 from score_erasure.prompting.tokens import TokenPrompt, Vocabulary, exact_text, table, text_ids, token_prompt
 
 
@@ -62,22 +62,20 @@ def p4d(ctx: AttackContext, prompt: str, index: int, cfg: P4DConfig) -> FoundPro
     P_cont = table(d)(vocab.random((len(P_star.slots),), gen)).detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([P_cont], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def loss(tokens: TokenPrompt, vectors: torch.Tensor | None, batch: NoisyBatch, reference: torch.Tensor):
-        z_t = batch.x_t(d)
-        cond = tokens.condition(d, vectors).expand(len(z_t), -1, -1)
-        return F.mse_loss(d.predict(z_t, batch.t, cond), reference)
+    def loss(tokens: TokenPrompt, vectors: torch.Tensor | None, batch, reference: torch.Tensor):
+        return batch.match(batch.predict(d, tokens.condition(d, vectors)), reference)
 
-    def reference(batch: NoisyBatch) -> torch.Tensor:  # ε_θ(z_t, t, W(P)) of the base model
+    def reference(batch) -> torch.Tensor:  # ε_θ(z_t, t, W(P)) of the base model (a token generator's logits)
         with torch.no_grad():
-            return base.predict(batch.x_t(base), batch.t, c_P.expand(len(batch.t), -1, -1))
+            return batch.predict(base, c_P)
 
-    fixed = NoisyBatch.draw(z0, timesteps, cfg.batch, generator(cfg.seed, index, 1))
+    fixed = draw_batch(z0, timesteps, cfg.batch, generator(cfg.seed, index, 1))
     fixed_reference = reference(fixed)
     candidates, trace = [], []
     for it in range(cfg.iterations):
         token_ids = vocab.nearest(P_cont)
         projected = table(d)(token_ids).detach().requires_grad_(True)
-        batch = NoisyBatch.draw(z0, timesteps, cfg.batch, gen)
+        batch = draw_batch(z0, timesteps, cfg.batch, gen)
         value = loss(P_star.with_tokens(token_ids), projected, batch, reference(batch))
         (P_cont.grad,) = torch.autograd.grad(value, [projected])  # PEZ: the gradient at the projection
         opt.step()

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt
+from score_erasure.backends.tokens import TokenGenerator
 from score_erasure.prompting.optimise import generator
 from score_erasure.prompting.tokens import Vocabulary, exact_text, table, token_prompt
 
@@ -36,10 +37,17 @@ class RingABellConfig(AttackConfig):
                 "generations": self.generations}
 
 
+def features(model, cond) -> torch.Tensor:
+    """f: the text encoder's output (L, D per prompt); on a token generator, which has no text encoder, its own
+    hidden state where the image begins (1, D per prompt), the prompt as the model has read it (our reading)."""
+    return model.prompt_state(cond) if isinstance(model, TokenGenerator) else cond
+
+
 @torch.no_grad()
 def concept_vector(denoiser, with_concept: list[str], without_concept: list[str]) -> torch.Tensor:
     """ĉ: the mean of f(P⁺) − f(P⁻) over matched pairs, (L, D)."""
-    return (denoiser.encode(with_concept) - denoiser.encode(without_concept)).mean(0)
+    return (features(denoiser, denoiser.encode(with_concept))
+            - features(denoiser, denoiser.encode(without_concept))).mean(0)
 
 
 @torch.no_grad()
@@ -48,7 +56,7 @@ def _distance(denoiser, prompt, population: torch.Tensor, target: torch.Tensor) 
     ids[:, prompt.slots] = population
     embeds = table(denoiser)(ids)
     cond = denoiser.encode_embeddings(ids, embeds, prompt.mask.expand(len(population), -1))
-    return ((cond - target) ** 2).sum(dim=(1, 2))
+    return ((features(denoiser, cond) - target) ** 2).sum(dim=(1, 2))
 
 
 def _children(survivors: torch.Tensor, n: int, vocab: Vocabulary, cfg: RingABellConfig,
@@ -70,7 +78,8 @@ def ring_a_bell(ctx: AttackContext, prompt: str, index: int, cfg: RingABellConfi
     d = ctx.denoiser
     gen = generator(cfg.seed, index)
     c_hat = concept_vector(d, ctx.spec.target_prompts, ctx.spec.anchor_prompts)
-    target = d.encode([prompt])[0] + cfg.eta * c_hat
+    with torch.no_grad():
+        target = features(d, d.encode([prompt]))[0] + cfg.eta * c_hat
     P_tilde = token_prompt(d, [cfg.n_tokens])
     vocab = Vocabulary(d)
     population = vocab.random((cfg.population, cfg.n_tokens), gen)

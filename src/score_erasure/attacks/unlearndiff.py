@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, best_tokens, concept_latents
-from score_erasure.prompting.optimise import NoisyBatch, denoising_loss, generator
+from score_erasure.prompting.optimise import denoising_loss, draw_batch, generator
 from score_erasure.prompting.tokens import Vocabulary, exact_text, token_prompt
 
 
@@ -71,7 +71,7 @@ def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffCon
     E = vocab.embeddings  # (V, width)
     u = torch.full((cfg.n_tokens, len(vocab)), 1.0 / len(vocab), requires_grad=True)
     opt = torch.optim.Adam([u], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fixed = NoisyBatch.draw(x_tgt, timesteps, cfg.batch, generator(cfg.seed, index, 1))
+    fixed = draw_batch(x_tgt, timesteps, cfg.batch, generator(cfg.seed, index, 1))
 
     def fixed_loss(token_ids: torch.Tensor) -> torch.Tensor:
         return denoising_loss(d, base_prompt.with_tokens(token_ids).condition(d), fixed)
@@ -79,7 +79,7 @@ def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffCon
     candidates, trace = [], []
     for it in range(cfg.iterations):
         P_prime = _SampledOneHot.apply(u, gen) @ E
-        loss = denoising_loss(d, base_prompt.condition(d, P_prime), NoisyBatch.draw(x_tgt, timesteps, cfg.batch, gen))
+        loss = denoising_loss(d, base_prompt.condition(d, P_prime), draw_batch(x_tgt, timesteps, cfg.batch, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

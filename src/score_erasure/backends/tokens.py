@@ -38,6 +38,10 @@ class TokenConditioning:
     def __getitem__(self, rows) -> TokenConditioning:
         return TokenConditioning(self.embeds[rows], self.mask[rows], self.input_ids[rows])
 
+    def expand(self, n: int) -> TokenConditioning:
+        """One prefix (a batch of 1) as n rows, sharing memory (and gradient) as `Tensor.expand` does."""
+        return TokenConditioning(self.embeds.expand(n, -1, -1), self.mask.expand(n, -1), self.input_ids.expand(n, -1))
+
 
 class TokenGenerator(ABC):
     """A text-conditioned autoregressive generator of image codes, plus everything needed to run it on prompts."""
@@ -61,6 +65,34 @@ class TokenGenerator(ABC):
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    @property
+    def tokenizer(self):
+        """The prompt's tokenizer: the vocabulary soft-prompt attacks search and embed through."""
+        return self.pipe.tokenizer
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        """The module that reads the prompt: the transformer itself, whose input embeddings are the prompt's
+        (attacks optimise them through `get_input_embeddings()`, as through a diffusion model's text encoder)."""
+        return self.network
+
+    @abstractmethod
+    def frame(self, body: list[int]) -> tuple[list[int], int]:
+        """The prefix ids of a prompt whose text tokens are `body` (the template and special tokens around it, as
+        `encode` writes them) and the position where `body` starts: where an attack's slots go."""
+
+    def encode_embeddings(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
+                          attention_mask: torch.Tensor) -> TokenConditioning:
+        """The conditioning of prefixes given as input embeddings (with gradient): on a token generator the
+        embeddings are the conditioning itself."""
+        return TokenConditioning(inputs_embeds, attention_mask, input_ids)
+
+    @abstractmethod
+    def prompt_state(self, cond: TokenConditioning) -> torch.Tensor:
+        """(B, 1, width): the transformer's last hidden state over the prefix, at the begin-of-image token, from
+        which the first code is drawn: the model's reading of the prompt (what Ring-A-Bell matches, in place of a
+        text encoder's output)."""
 
     @property
     @abstractmethod
@@ -158,6 +190,19 @@ class JanusGenerator(TokenGenerator):
         with torch.no_grad():
             embeds = self.model.get_input_embeddings()(input_ids)
         return TokenConditioning(embeds, mask, input_ids)
+
+    def frame(self, body: list[int]) -> tuple[list[int], int]:
+        """[BOS] template-before body template-after [BOI]; the template's pieces are tokenised apart from the body,
+        which for a byte-pair tokenizer may split the boundary words differently from `encode`'s whole string."""
+        config, tokenizer = self.pipe.config, self.pipe.tokenizer
+        before, after = config.template.split("{prompt}")
+        head = [config.bos_token_id, *(tokenizer(before, add_special_tokens=False).input_ids if before else [])]
+        tail = [*(tokenizer(after, add_special_tokens=False).input_ids if after else []), config.boi_token_id]
+        return head + list(body) + tail, len(head)
+
+    def prompt_state(self, cond: TokenConditioning) -> torch.Tensor:
+        positions = (cond.mask.cumsum(-1) - 1).clamp(min=0)
+        return self._run(cond.embeds, cond.mask, positions)[:, -1:]
 
     def unconditional(self, cond: TokenConditioning) -> TokenConditioning:
         """Janus's own: every prefix position but BOS and BOI becomes the pad token."""

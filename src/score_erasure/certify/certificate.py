@@ -24,7 +24,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure.attacks.base import FoundPrompt, found_prompts
-from score_erasure.backends import denoiser_for
+from score_erasure.backends import backend_for
+from score_erasure.backends.tokens import TokenConditioning
 from score_erasure.certify.probes import Leakage, fewest_images, probe_leakage
 from score_erasure.certify.report import CertificateReport, leakage_record, source_records, write_certificate
 from score_erasure.errors import UserError
@@ -75,10 +76,11 @@ def certificate_inputs(denoiser, protocol: Protocol, concept: str, spec: Concept
 def _drawn(pipe, found: FoundPrompt, seeds: list[int], protocol: Protocol, cache: tuple[ImageCache, str] | None
            ) -> np.ndarray:
     """One input's images at `seeds`, from `cache` (the cache and the pipe's model hash) when it holds them."""
-    condition = found.condition(denoiser_for(pipe))
+    condition = found.condition(backend_for(pipe))
     if cache is not None:
         store, model_hash = cache
-        digest = hashlib.sha256(condition.float().contiguous().numpy().tobytes() + json.dumps(seeds).encode())
+        values = condition.embeds if isinstance(condition, TokenConditioning) else condition
+        digest = hashlib.sha256(values.float().contiguous().numpy().tobytes() + json.dumps(seeds).encode())
         key = f"certificate {digest.hexdigest()}"  # not a prompt: the conditioning and the call's seeds
         cached = [store.load(model_hash, protocol.sampling, key, s) for s in seeds]
         if all(image is not None for image in cached):
@@ -150,7 +152,7 @@ def certify_pipelines(pipe, base_pipe, names: tuple[str, str], hashes: tuple[str
     base_cache = (cache, hashes[1]) if cache is not None and cache.root is not None else None
     start = time.time() if start is None else start
     judge = judge or features_judge(protocol)
-    concept_inputs, neutral_inputs, sources = certificate_inputs(denoiser_for(pipe), protocol, concept, spec,
+    concept_inputs, neutral_inputs, sources = certificate_inputs(backend_for(pipe), protocol, concept, spec,
                                                                  cfg.neutral, attack_folders)
     leak, concept_images, neutral_images, per_source = leakage_of(pipe, judge, concept_inputs, neutral_inputs,
                                                                   protocol, cfg, sources,

@@ -23,7 +23,7 @@ import torch
 
 from score_erasure.attacks import Attack, AttackContext, FoundPrompt, get_attack
 from score_erasure.attacks.report import AttackReport, AttackRow, PreRow, write_attack_report
-from score_erasure.backends import denoiser_for
+from score_erasure.backends import backend_for
 from score_erasure.evaluation import metrics
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir, use_sampler
 from score_erasure.evaluation.judges import ConceptJudge, load_judge
@@ -132,7 +132,7 @@ def attack_pipeline(subject: Subject, attack: Attack, cfg, protocol: Protocol, c
     """Attack an in-memory pipeline (what `score attack` and `score bench --attacks` share)."""
     start, out = time.time(), Path(out)
     groups, detect = protocol.prompts(concept), protocol.concept(concept).detect
-    denoiser, base = denoiser_for(subject.pipe), denoiser_for(subject.base_pipe)
+    denoiser, base = backend_for(subject.pipe), backend_for(subject.base_pipe)
     for d in (denoiser, base):  # attacks optimise prompts, never weights
         d.network.requires_grad_(False)
         d.text_encoder.requires_grad_(False)

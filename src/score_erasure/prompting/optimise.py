@@ -1,8 +1,9 @@
 """Optimising a prompt's free token vectors against a model's own denoising loss.
 
 The denoising loss makes a diffusion model its own concept classifier: it is low when the model reads the
-images as drawn from the prompt. Attacks (UnlearnDiffAtk, P4D, concept inversion) and score-robust's inner
-attack all descend it.
+images as drawn from the prompt. A token generator's teacher-forced code cross-entropy plays the same part; the
+batch (`NoisyBatch` or `CodeBatch`) carries which objective applies. Attacks (UnlearnDiffAtk, P4D, concept
+inversion) and score-robust's inner attack all descend it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def generator(seed: int, *key: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class NoisyBatch:
-    """x0, noise and t for one evaluation of a denoising objective."""
+    """x0, noise and t for one evaluation of a diffusion model's denoising objective."""
 
     x0: torch.Tensor
     noise: torch.Tensor
@@ -39,15 +40,62 @@ class NoisyBatch:
     def x_t(self, denoiser) -> torch.Tensor:
         return denoiser.add_noise(self.x0, self.noise, self.t)
 
+    def predict(self, denoiser, cond: torch.Tensor) -> torch.Tensor:
+        """f_θ(x_t, t, c) for every row, under one conditioning c."""
+        return denoiser.predict(self.x_t(denoiser), self.t, cond.expand(len(self.t), -1, -1))
 
-def denoising_loss(denoiser, cond: torch.Tensor, batch: NoisyBatch) -> torch.Tensor:
-    """‖f_θ(x_t, t, c) − target(x0, ε, t)‖²: low when the model reads the images as drawn from prompt c."""
-    pred = denoiser.predict(batch.x_t(denoiser), batch.t, cond.expand(len(batch.t), -1, -1))
-    return F.mse_loss(pred, denoiser.target(batch.x0, batch.noise, batch.t))
+    def loss(self, denoiser, cond: torch.Tensor) -> torch.Tensor:
+        """‖f_θ(x_t, t, c) − target(x0, ε, t)‖²."""
+        return F.mse_loss(self.predict(denoiser, cond), denoiser.target(self.x0, self.noise, self.t))
+
+    @staticmethod
+    def match(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """How far one model's predictions are from another's on this batch (P4D): squared error."""
+        return F.mse_loss(pred, reference)
+
+
+@dataclass(frozen=True)
+class CodeBatch:
+    """Image codes for one evaluation of a token generator's objective: its teacher-forced cross-entropy, the
+    autoregressive counterpart of the denoising loss (low when the model reads the codes as drawn from the
+    prompt). No noise and no timesteps: every code position is a step."""
+
+    codes: torch.Tensor  # (B, N) long
+
+    @classmethod
+    def draw(cls, codes: torch.Tensor, size: int, gen: torch.Generator) -> CodeBatch:
+        return cls(codes[torch.randint(len(codes), (size,), generator=gen)])
+
+    def predict(self, generator, cond) -> torch.Tensor:
+        """The code logits (B, N, codebook) under one prefix."""
+        return generator.image_logits(cond.expand(len(self.codes)), self.codes).float()
+
+    def loss(self, generator, cond) -> torch.Tensor:
+        """−(1/BN) Σ log p(r_i | r_<i, prefix)."""
+        return F.cross_entropy(self.predict(generator, cond).flatten(0, 1), self.codes.flatten())
+
+    @staticmethod
+    def match(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """KL(reference ‖ pred) per code position, averaged: the next-code distributions compared."""
+        return F.kl_div(pred.log_softmax(-1), reference.log_softmax(-1), log_target=True,
+                        reduction="none").sum(-1).mean()
+
+
+def draw_batch(targets: torch.Tensor, timesteps: torch.Tensor | None, size: int,
+               gen: torch.Generator) -> NoisyBatch | CodeBatch:
+    """A batch of the attacked model's objective on target samples: latents with noise levels (diffusion), or
+    image codes (a token generator, which has no timesteps)."""
+    return CodeBatch.draw(targets, size, gen) if timesteps is None else NoisyBatch.draw(targets, timesteps, size, gen)
+
+
+def denoising_loss(model, cond, batch: NoisyBatch | CodeBatch) -> torch.Tensor:
+    """The model's own fit of the batch under conditioning `cond`: low when it reads the images as drawn from the
+    prompt (the denoising loss; a token generator's code cross-entropy)."""
+    return batch.loss(model, cond)
 
 
 def soft_prompt_steps(denoiser, prompt: TokenPrompt | Sequence[TokenPrompt], v: torch.Tensor, x_tgt: torch.Tensor,
-                      timesteps: torch.Tensor, steps: int, lr: float, batch: int,
+                      timesteps: torch.Tensor | None, steps: int, lr: float, batch: int,
                       gen: torch.Generator) -> tuple[torch.Tensor, list[float]]:
     """`steps` Adam steps on the slot vectors v (k, width) lowering the denoising loss on x_tgt; gradients
     reach only v (never the network's parameters). Several prompts (templates holding the same slots) take
@@ -58,7 +106,7 @@ def soft_prompt_steps(denoiser, prompt: TokenPrompt | Sequence[TokenPrompt], v: 
     trace = []
     for step in range(steps):
         loss = denoising_loss(denoiser, prompts[step % len(prompts)].condition(denoiser, v),
-                              NoisyBatch.draw(x_tgt, timesteps, batch, gen))
+                              draw_batch(x_tgt, timesteps, batch, gen))
         (v.grad,) = torch.autograd.grad(loss, [v])
         opt.step()
         trace.append(loss.item())

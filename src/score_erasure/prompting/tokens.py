@@ -1,6 +1,7 @@
 """Prompts as token sequences with slots for optimised tokens, for any tokenizer (WordPiece, BPE).
 
-A `TokenPrompt` is what the text encoder reads: ids and attention mask padded as the pipeline pads them,
+A `TokenPrompt` is what the text encoder reads: ids and attention mask padded as the pipeline pads them (on a
+token generator, the unpadded prompt prefix: `TokenGenerator.frame`),
 plus the positions (`slots`) an attack writes. A slot holds either a vocabulary token (discrete attacks:
 the ids themselves change) or a free vector (inversion: `vectors` replace the slot's embedding). Its
 conditioning is `Denoiser.encode_embeddings`, so without slots it equals `Denoiser.encode(prompt)`.
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from score_erasure.backends.tokens import TokenGenerator
 from score_erasure.errors import UserError
 
 # Slot ids before an attack fills them; an ordinary word, so that CLIP's end-token search never lands on one.
@@ -85,6 +87,10 @@ def token_prompt(denoiser, parts: Sequence[str | int | list[int]]) -> TokenPromp
             body += [placeholder] * part
         else:
             body += text_ids(tokenizer, part) if isinstance(part, str) else list(part)
+    if isinstance(denoiser, TokenGenerator):  # a prefix: template and special tokens, no padding
+        ids, offset = denoiser.frame(body)
+        return TokenPrompt(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
+                           torch.tensor([offset + s for s in slots], dtype=torch.long))
     # The special tokens the tokenizer puts around any text ([CLS] ... [SEP], <|startoftext|> ... <|endoftext|>)
     around = list(tokenizer(PLACEHOLDER_TEXT).input_ids)
     offset = around.index(placeholder)
@@ -137,6 +143,8 @@ class Vocabulary:
 def exact_text(denoiser, prompt: TokenPrompt) -> bool:
     """Whether the decoded text tokenises back to the same ids (so the text alone reproduces the attack)."""
     tokenizer = denoiser.tokenizer
+    if isinstance(denoiser, TokenGenerator):
+        return bool(torch.equal(denoiser.encode([prompt.text(tokenizer)]).input_ids, prompt.ids))
     again = tokenizer(prompt.text(tokenizer), padding="max_length", max_length=tokenizer.model_max_length,
                       truncation=True, return_tensors="pt").input_ids
     return bool(torch.equal(again, prompt.ids))
