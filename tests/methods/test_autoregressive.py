@@ -11,6 +11,7 @@ import torch
 from score_erasure.backends import token_generator_of
 from score_erasure.generate import generate
 from score_erasure.methods import get_method
+from score_erasure.methods.esd_tokens import negative_guidance
 from score_erasure.methods.s_vare import filtered_cross_entropy, preservation
 from score_erasure.methods.vce import dpo_loss
 from score_erasure.spec import ConceptSpec
@@ -47,11 +48,26 @@ def test_dpo_loss_is_ln2_at_the_reference_and_ignores_dropped_codes():
         dpo_loss(better, ref_l, ref_w, ref_l, keep, 0.1).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name,term", [("s-vare", "fce"), ("vce", "dpo")])
-def test_a_run_lowers_its_objective_and_changes_only_attention_and_ffn(name, term):
+def test_negative_guidance_is_the_distribution_guidance_minus_eta_samples():
+    uncond, cond = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    assert torch.allclose(negative_guidance(uncond, cond, 0.0), torch.log_softmax(uncond, -1))
+    assert torch.allclose(negative_guidance(uncond, cond, 1.0), torch.log_softmax(2 * uncond - cond, -1), atol=1e-6)
+    # a code the concept raises by 3 nats against the unconditional falls by 3 eta against every other code
+    cond = uncond.clone()
+    cond[..., 0] += 3
+    log_q = negative_guidance(uncond, cond, 0.5)
+    assert torch.allclose(log_q[..., 0] - log_q[..., 1], uncond[..., 0] - uncond[..., 1] - 1.5, atol=1e-5)
+
+
+RUNS = {"s-vare": ("fce", {"batch": 4, "sequences_per_prompt": 4}), "vce": ("dpo", {"batch": 4, "pairs_per_prompt": 4}),
+        "esd-ar": ("esd", {})}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_run_lowers_its_objective_and_changes_only_attention_and_ffn(name):
     generator, method = token_generator_of(tiny_janus_pipeline(0)), get_method(name)
-    per_prompt = "sequences_per_prompt" if name == "s-vare" else "pairs_per_prompt"
-    cfg = method.config({"iterations": 12, "lr": 3e-3, "batch": 4, per_prompt: 4})
+    term, overrides = RUNS[name]
+    cfg = method.config({"iterations": 12, "lr": 3e-3, **overrides})
     runs = {}
     _, changed = snapshot_changes(generator, method, lambda: runs.setdefault(
         "trace", method.fit(generator, SPEC, cfg, show_progress=False)))
@@ -88,6 +104,6 @@ def test_token_methods_refuse_diffusion_models(pipe):
     from score_erasure.backends import denoiser_for
     from score_erasure.errors import UserError
 
-    for name in ("s-vare", "vce"):
+    for name in RUNS:
         with pytest.raises(UserError, match=f"'{name}' does not run on SD models"):
             get_method(name).check_supports(denoiser_for(pipe))

@@ -12,6 +12,7 @@ optimise it directly, as they optimise a text encoder's input embeddings on the 
 
 from __future__ import annotations
 
+import copy
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class TokenConditioning:
     def __getitem__(self, rows) -> TokenConditioning:
         return TokenConditioning(self.embeds[rows], self.mask[rows], self.input_ids[rows])
 
+    @staticmethod
+    def cat(parts: list[TokenConditioning]) -> TokenConditioning:
+        """Prefixes of one length, stacked (a prompt's and its unconditional prefix, say)."""
+        return TokenConditioning(*(torch.cat([getattr(p, f) for p in parts]) for f in ("embeds", "mask", "input_ids")))
+
     def expand(self, n: int) -> TokenConditioning:
         """One prefix (a batch of 1) as n rows, sharing memory (and gradient) as `Tensor.expand` does."""
         return TokenConditioning(self.embeds.expand(n, -1, -1), self.mask.expand(n, -1), self.input_ids.expand(n, -1))
@@ -56,6 +62,14 @@ class TokenGenerator(ABC):
 
     def __init__(self, pipe):
         self.pipe = pipe
+        self._frozen: nn.Module | None = None  # a frozen copy's own network (`frozen_copy`)
+
+    def frozen_copy(self) -> TokenGenerator:
+        """The same generator over a frozen deep copy of the network: the base model of the methods' equations,
+        for logits on sequences drawn while the network trains."""
+        twin = copy.copy(self)
+        twin._frozen = copy.deepcopy(self.network).requires_grad_(False).eval()
+        return twin
 
     @property
     @abstractmethod
@@ -166,11 +180,11 @@ class JanusGenerator(TokenGenerator):
 
     @property
     def model(self):
-        return self.pipe.model
+        return self.network
 
     @property
     def network(self) -> nn.Module:
-        return self.pipe.model
+        return self._frozen if self._frozen is not None else self.pipe.model
 
     @property
     def num_image_tokens(self) -> int:

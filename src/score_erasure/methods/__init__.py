@@ -21,6 +21,7 @@ from score_erasure.methods import cgce, dumo, dve, semantic_surgery
 from score_erasure.methods.advunlearn import AdvUnlearnConfig, advunlearn
 from score_erasure.methods.eraseanything import EraseAnythingConfig, eraseanything
 from score_erasure.methods.esd import ESDConfig, esd
+from score_erasure.methods.esd_tokens import ESDTokensConfig, esd_tokens
 from score_erasure.methods.loop import Checkpointing, Trace
 from score_erasure.methods.mace import MACEConfig, mace
 from score_erasure.methods.rece import RECEConfig, rece
@@ -150,6 +151,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vce", vce, VCEConfig, "fine-tune", "VCE (autoregressive): DPO preferring the concept-free image of each "
            "contrastive pair, token-level average with token drop", smoke={"iterations": 2, "pairs_per_prompt": 1},
            families=("janus",)),
+    Method("esd-ar", esd_tokens, ESDTokensConfig, "fine-tune", "ESD on an autoregressive generator: its own "
+           "negative guidance on code logits, at every position of sequences it draws (a baseline; our reading)",
+           smoke={"iterations": 2}, families=("janus",)),
 )}
 
 

@@ -98,8 +98,8 @@ AR_CONFIG = dict(
     # Janus's understanding encoder: unused for generation, kept minimal
     vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                    "image_size": 32, "patch_size": 4, "projection_dim": AR_WIDTH, "num_image_tokens": 64},
-    # 32x32 -> 8x8 codes (two downsamplings), 256 codes of width 32
-    vq_config={"embed_dim": 32, "num_embeddings": 256, "base_channels": 32, "channel_multiplier": [1, 1, 2],
+    # 32x32 -> 8x8 codes (two downsamplings), 512 codes of width 32
+    vq_config={"embed_dim": 32, "num_embeddings": 512, "base_channels": 32, "channel_multiplier": [1, 1, 2],
                "num_res_blocks": 1, "latent_channels": 32, "resolution": 32, "attn_resolutions": [],
                "projection_dim": AR_WIDTH, "image_token_embed_dim": AR_WIDTH, "num_patches": 8},
 )
