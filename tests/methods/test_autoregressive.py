@@ -59,8 +59,10 @@ def test_negative_guidance_is_the_distribution_guidance_minus_eta_samples():
     assert torch.allclose(log_q[..., 0] - log_q[..., 1], uncond[..., 0] - uncond[..., 1] - 1.5, atol=1e-5)
 
 
-RUNS = {"s-vare": ("fce", {"batch": 4, "sequences_per_prompt": 4}), "vce": ("dpo", {"batch": 4, "pairs_per_prompt": 4}),
-        "esd-ar": ("esd", {})}
+RUNS = {"s-vare": ("fce", {"batch": 4, "sequences_per_prompt": 4}),
+        "vce": ("dpo", {"batch": 4, "pairs_per_prompt": 4}),
+        "esd-ar": ("esd", {}),
+        "score-ar": ("erase", {"d_pretrain": 2, "sequences_per_prompt": 2})}
 
 
 @pytest.mark.parametrize("name", list(RUNS))

@@ -138,6 +138,12 @@ class TokenGenerator(ABC):
         image depends on its seed and prompt only."""
 
     @abstractmethod
+    def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decoder's latent grid (B, d, h, w) under code distributions (B, N, codebook): Σ_v p(v) e_v at every
+        cell, e_v the codebook's vectors. A differentiable image-space reading of the logits (SCORE's
+        discriminator reads it in place of a diffusion model's clean estimate)."""
+
+    @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Images (B, H, W, 3) in [0, 1] from codes (B, N)."""
 
@@ -223,7 +229,8 @@ class JanusGenerator(TokenGenerator):
         config = self.pipe.config
         keep = (cond.input_ids == config.bos_token_id) | (cond.input_ids == config.boi_token_id)
         input_ids = torch.where(keep, cond.input_ids, torch.full_like(cond.input_ids, config.pad_token_id))
-        embeds = self.model.get_input_embeddings()(input_ids).to(cond.embeds.dtype)
+        with torch.no_grad():  # as `encode`: a conditioning, not a path for gradients into the embedding table
+            embeds = self.model.get_input_embeddings()(input_ids).to(cond.embeds.dtype)
         return TokenConditioning(embeds, cond.mask, input_ids)
 
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
@@ -261,6 +268,12 @@ class JanusGenerator(TokenGenerator):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             positions = positions[:, -1:] + 1
         return codes
+
+    def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
+        vq = self.model.model.vqmodel
+        side = vq.config.num_patches
+        vectors = torch.softmax(logits.float(), -1) @ vq.quantize.embedding.weight.float()  # (B, N, d)
+        return vectors.transpose(1, 2).reshape(len(logits), -1, side, side)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return ((self.model.decode_image_tokens(codes).float() + 1) / 2).clamp(0, 1)

@@ -29,6 +29,7 @@ from score_erasure.methods.s_vare import SVAREConfig, s_vare
 from score_erasure.methods.salun import SalUnConfig, salun
 from score_erasure.methods.score import SCORE_PRESERVATION, ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
+from score_erasure.methods.score_tokens import ScoreTokensConfig, score_tokens
 from score_erasure.methods.sdd import SDDConfig, sdd
 from score_erasure.methods.trace import TRACEConfig, trace
 from score_erasure.methods.trce import TRCEConfig, trce
@@ -154,6 +155,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("esd-ar", esd_tokens, ESDTokensConfig, "fine-tune", "ESD on an autoregressive generator: its own "
            "negative guidance on code logits, at every position of sequences it draws (a baseline; our reading)",
            smoke={"iterations": 2}, families=("janus",)),
+    Method("score-ar", score_tokens, ScoreTokensConfig, "fine-tune", "SCORE on an autoregressive generator: "
+           "negative guidance on code logits, a discriminator on the expected code grid, KL preservation (our "
+           "reading)", smoke={"iterations": 2, "d_pretrain": 1, "sequences_per_prompt": 1}, families=("janus",)),
 )}
 
 
