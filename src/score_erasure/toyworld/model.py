@@ -214,5 +214,16 @@ def assemble_ar(janus) -> JanusImagePipeline:
     return pipe
 
 
+def load_embedded_ar(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch.float32) -> JanusImagePipeline:
+    """The shipped autoregressive embedded model (`embedded-ar`): the Janus model in half precision, computed in
+    `dtype`, with MiniLM's word pieces as its tokenizer."""
+    from transformers import JanusForConditionalGeneration
+
+    if not (weights_dir / "ar" / "config.json").is_file():
+        raise UserError("the embedded-ar weights are not installed; train them with "
+                        "`score world train --arch ar --install`")
+    return assemble_ar(JanusForConditionalGeneration.from_pretrained(weights_dir / "ar", dtype=dtype).eval())
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

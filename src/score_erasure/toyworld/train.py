@@ -454,14 +454,17 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
 
 
 def install_weights(run_dir: Path, weights_dir: Path = model.WEIGHTS_DIR, arch: str = "sd") -> None:
-    """Copy a finished run's networks into the package, in half precision (safetensors): the VAE and UNet, or
-    for `arch="flux"` the transformer."""
+    """Copy a finished run's networks into the package, in half precision (safetensors): the VAE and UNet, for
+    `arch="flux"` the transformer, for `arch="ar"` the Janus model (its VQ-VAE inside; the tokenizer is MiniLM's)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import JanusForConditionalGeneration
 
-    parts = ((("flux", FluxTransformer2DModel),) if arch == "flux"
-             else (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)))
-    for name, cls in parts:
-        module = cls.from_pretrained(run_dir / name).to(torch.float16)
+    parts = {"flux": (("flux", FluxTransformer2DModel, "flux"),),
+             "ar": (("ar", JanusForConditionalGeneration, "ar/model"),)}.get(
+        arch, (("vae", AutoencoderKL, "vae"), ("unet", UNet2DConditionModel, "unet")))
+    for name, cls, source in parts:
+        module = cls.from_pretrained(run_dir / source).to(torch.float16)
         module.save_pretrained(weights_dir / name, safe_serialization=True)
     record = json.loads((run_dir / "train.json").read_text())
-    atomic_write_json(weights_dir / ("flux-train.json" if arch == "flux" else "train.json"), record)
+    atomic_write_json(weights_dir / {"flux": "flux-train.json", "ar": "ar-train.json"}.get(arch, "train.json"),
+                      record)
