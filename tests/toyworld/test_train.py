@@ -66,19 +66,29 @@ def test_batches_built_in_a_loader_process_train_the_same_weights(tmp_path):
 
 def test_autoregressive_training_resumes_exactly_and_gives_a_loadable_pipeline(tmp_path):
     """VQ-VAE then the Janus transformer; the run's ar/ folder is a model (`--model runs/x/ar`)."""
+    from transformers.models.janus.modeling_janus import JanusVQVAE
+
     from score_erasure.generate import generate
     from score_erasure.models import resolve_model
 
-    cfg = TINY.model_copy(update={"vq_steps": 3, "vq_batch": 2, "ar_steps": 4, "ar_batch": 2})
+    cfg = TINY.model_copy(update={"vq_steps": 3, "vq_batch": 2, "ar_steps": 4, "ar_batch": 2,
+                                  "vq_decoder_steps": 2})
     assert train(tmp_path / "a", cfg, arch="ar")["complete"]
     assert not train(tmp_path / "b", cfg, arch="ar", max_steps=5)["complete"]  # stops inside the AR stage
     record = train(tmp_path / "b", cfg, arch="ar", resume=True)
-    assert record["complete"] and record["parameters"]["ar"] > 0 and set(record["seconds"]) >= {"vq", "ar"}
+    assert record["complete"] and record["parameters"]["ar"] > 0
+    assert set(record["seconds"]) >= {"vq", "ar", "vq-decoder"}
     name = "ar/model/model.safetensors"
     a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # the decoder stage moves the decoder only (every image keeps its codes), and ar/ holds its decoder
+    vq, refined = (JanusVQVAE.from_pretrained(tmp_path / "b" / f).state_dict() for f in ("vq", "vq-decoder"))
+    decoding = ("decoder.", "post_quant_conv.")
+    assert all(torch.equal(vq[k], refined[k]) for k in vq if not k.startswith(decoding))
+    assert any(not torch.equal(vq[k], refined[k]) for k in vq if k.startswith(decoding))
+    assert all(torch.equal(b[f"model.vqmodel.{k}"], v) for k, v in refined.items() if f"model.vqmodel.{k}" in b)
     pipe = resolve_model(str(tmp_path / "b" / "ar")).load()
     assert generate(pipe, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)
     install_weights(tmp_path / "b", weights_dir=tmp_path / "weights", arch="ar")  # what embedded-ar loads
