@@ -23,6 +23,15 @@ def small_sets(tmp_path):
     return path
 
 
+def test_each_shipped_model_has_its_own_docs_section(tmp_path):
+    start, end = lb.docs_markers("embedded-ar")
+    assert lb.docs_markers("embedded") == (lb.DOCS_START, lb.DOCS_END) != (start, end)
+    docs = tmp_path / "results.md"
+    docs.write_text(f"{lb.DOCS_START}\nsd\n{lb.DOCS_END}\n{start}\nold\n{end}\n")
+    lb.include_in_docs(docs, "new", start, end)
+    assert docs.read_text() == f"{lb.DOCS_START}\nsd\n{lb.DOCS_END}\n{start}\nnew\n{end}\n"
+
+
 def test_leaderboard_writes_every_v2_column_and_resumes(tiny_model_dir, small_protocol, small_sets, tmp_path,
                                                         monkeypatch):
     docs = tmp_path / "results.md"
@@ -104,3 +113,20 @@ def test_the_cost_table_gives_each_row_its_seconds_erase_seconds_and_peak_memory
                                  "curves": []})
     assert "| uce | 612 / 3 / 902 | 0 | 612 |" in text
     assert "| mace | 700 / 40 / - | 0 | 700 |" in text  # a peak not measured alone is left blank
+
+
+def test_an_autoregressive_model_gets_every_column_but_the_curve(small_protocol, tmp_path, monkeypatch):
+    import dataclasses
+
+    from score_erasure.methods import METHODS
+    from score_erasure.testing import tiny_janus_pipeline
+
+    monkeypatch.setitem(METHODS, "esd-ar", dataclasses.replace(METHODS["esd-ar"], preset={"iterations": 2}))
+    tiny_janus_pipeline(0).save_pretrained(tmp_path / "janus")
+    record = lb.leaderboard(str(tmp_path / "janus"), ["esd-ar"], tmp_path / "lb", suite=(("object", "star"),),
+                            attacks=("paraphrase",), certify={"n": 8, "folds": 2}, sizes=(), use_cache=False,
+                            protocol_paths={"object": small_protocol("object", "star")})
+    rows = record["tasks"]["object/star"]
+    assert [(r["method"], r["status"]) for r in rows] == [("none", "ok"), ("esd-ar", "ok")], rows
+    for column in ("acc_e", "acc_c", "acc_n", "h_rob", "fid_ratio", "asr_paraphrase", "mi_nats"):
+        assert column in rows[1]["metrics"], column

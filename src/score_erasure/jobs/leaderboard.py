@@ -32,6 +32,15 @@ ATTACKS = ("unlearndiff", "inversion", "inversion-word")
 DOCS_START, DOCS_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
 
+def docs_markers(model: str) -> tuple[str, str]:
+    """The markers around a model's tables in the docs: named ones for the other shipped models
+    (`<!-- leaderboard:embedded-ar:start -->`), so that docs/results.md holds a section per embedded model; the
+    unnamed pair for `embedded` and for a user's own model."""
+    if model in ("embedded-flux", "embedded-ar"):
+        return f"<!-- leaderboard:{model}:start -->", f"<!-- leaderboard:{model}:end -->"
+    return DOCS_START, DOCS_END
+
+
 @dataclass
 class CurvePoint:
     """One method's erasure of one concept set (k concepts in one run)."""
@@ -158,15 +167,15 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
     atomic_write_text(written / "leaderboard.md", markdown)
     atomic_write_text(written / "leaderboard.html", leaderboard_html(record))
     if docs is not None:
-        include_in_docs(Path(docs), markdown)
+        include_in_docs(Path(docs), markdown, *docs_markers(model))
     release_folder(written)
     return record
 
 
-def include_in_docs(path: Path, markdown: str) -> None:
-    """Replace the text between DOCS_START and DOCS_END in `path` (docs/results.md) with `markdown`."""
+def include_in_docs(path: Path, markdown: str, start: str = DOCS_START, end: str = DOCS_END) -> None:
+    """Replace the text between the markers `start` and `end` in `path` (docs/results.md) with `markdown`."""
     text = path.read_text()
-    if DOCS_START not in text or DOCS_END not in text:
-        raise UserError(f"'{path}' has no {DOCS_START} ... {DOCS_END} section to replace")
-    head, rest = text.split(DOCS_START, 1)
-    atomic_write_text(path, f"{head}{DOCS_START}\n{markdown}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}")
+    if start not in text or end not in text:
+        raise UserError(f"'{path}' has no {start} ... {end} section to replace")
+    head, rest = text.split(start, 1)
+    atomic_write_text(path, f"{head}{start}\n{markdown}\n{end}{rest.split(end, 1)[1]}")
