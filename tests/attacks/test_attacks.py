@@ -101,3 +101,16 @@ def test_unknown_attack_and_bad_budget_are_user_errors():
         get_attack("gcg")
     with pytest.raises(UserError, match="invalid unlearndiff config: iterations"):
         get_attack("unlearndiff").config({"iterations": 0})
+
+
+def test_a_shared_base_draw_gives_what_a_fresh_draw_gives(ctx, monkeypatch):
+    """A bench's rows share the base's target images: the second row draws none and finds what it would have."""
+    attack = get_attack("inversion")
+    cfg = attack.config(FAST["inversion"])
+    fresh = attack.run(ctx, "a star", 0, cfg)
+    assert len(ctx.base_draws) == 1
+    draws = []
+    sample = ctx.base.sample
+    monkeypatch.setattr(ctx.base, "sample", lambda *a, **k: draws.append(1) or sample(*a, **k))
+    again = attack.run(ctx, "a star", 0, cfg)
+    assert not draws and torch.equal(again.vectors, fresh.vectors) and again.trace == fresh.trace

@@ -6,6 +6,7 @@ The denoising objective the optimising attacks descend lives in `prompting.optim
 
 from __future__ import annotations
 
+import hashlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class AttackContext:
     paraphrases: list[str] = field(default_factory=list)
     compositional: list[str] = field(default_factory=list)
     memo: dict = field(default_factory=dict)  # what an attack computes once for all its prompts (a learned word)
+    # the base's target draws (`concept_latents`), shared by every context on the same base, protocol and judge
+    # (a bench's rows): each is drawn once, and a reuse leaves the generator where the draw left it
+    base_draws: dict = field(default_factory=dict)
 
     def timesteps(self) -> torch.Tensor | None:
         """The attacks' noise levels: the sampler's timesteps at the protocol's step count (None for a token
@@ -86,7 +90,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def concept_latents(ctx: AttackContext, prompt: str, n: int, gen: torch.Generator) -> torch.Tensor:
     """n clean latents (a token generator's: image codes) of `prompt` from the base model, preferring those in
-    which the judge sees the concept (the attack's target images x_tgt): 2n are drawn and the hits come first."""
+    which the judge sees the concept (the attack's target images x_tgt): 2n are drawn and the hits come first.
+    A draw already in `ctx.base_draws` (same prompt, n and generator state) is reused."""
+    key = (prompt, n, hashlib.sha256(gen.get_state().numpy().tobytes()).hexdigest())
+    if key in ctx.base_draws:
+        x0, after = ctx.base_draws[key]
+        gen.set_state(after)
+        return x0.clone()
     base, cond = ctx.base, ctx.base.encode([prompt])
     if isinstance(base, TokenGenerator):  # one generator per row, each seeded from `gen`
         seeds = torch.randint(2 ** 62, (2 * n,), generator=gen).tolist()
@@ -99,7 +109,9 @@ def concept_latents(ctx: AttackContext, prompt: str, n: int, gen: torch.Generato
         images = base.decode(x0)
     hits = ctx.judge.check(to_uint8(images), ctx.detect)
     order = np.argsort(~hits, kind="stable")
-    return x0[torch.from_numpy(order[:n].copy())]
+    x0 = x0[torch.from_numpy(order[:n].copy())]
+    ctx.base_draws[key] = (x0.clone(), gen.get_state())
+    return x0
 
 
 def best_tokens(candidates: Sequence[torch.Tensor], objective) -> tuple[torch.Tensor, float]:

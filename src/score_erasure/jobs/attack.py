@@ -128,8 +128,9 @@ def _drop_stale(out: Path, count: int) -> None:
 
 def attack_pipeline(subject: Subject, attack: Attack, cfg, protocol: Protocol, concept: str, out: Path, *,
                     judge: ConceptJudge, spec, compositional: list[str], cache: ImageCache, resume: bool = True,
-                    show_progress: bool = True) -> AttackReport:
-    """Attack an in-memory pipeline (what `score attack` and `score bench --attacks` share)."""
+                    show_progress: bool = True, base_draws: dict | None = None) -> AttackReport:
+    """Attack an in-memory pipeline (what `score attack` and `score bench --attacks` share). `base_draws`: the
+    base's target draws kept across calls with the same base pipeline, protocol and judge (a bench's rows)."""
     start, out = time.time(), Path(out)
     groups, detect = protocol.prompts(concept), protocol.concept(concept).detect
     denoiser, base = backend_for(subject.pipe), backend_for(subject.base_pipe)
@@ -137,7 +138,7 @@ def attack_pipeline(subject: Subject, attack: Attack, cfg, protocol: Protocol, c
         d.network.requires_grad_(False)
         d.text_encoder.requires_grad_(False)
     ctx = AttackContext(denoiser, base, judge, detect, protocol.sampling, spec, groups["target"],
-                        groups["generality"], compositional)
+                        groups["generality"], compositional, base_draws=base_draws if base_draws is not None else {})
     pre_hits, pre_rows = _unattacked(subject, protocol, groups["target"], judge, detect, cache, out)
     pre_of = {row.prompt: (i, row) for i, row in enumerate(pre_rows)}
 

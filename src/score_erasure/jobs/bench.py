@@ -115,8 +115,10 @@ def robust_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
 
 
 def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, request: ErasureRequest, protocol,
-                    scorers, out: Path, attacks: list[str], compositional: list[str]) -> dict[str, dict]:
-    """Each attack's ASR on the erased pipeline (not resumable: an erased pipeline has no files to key it)."""
+                    scorers, out: Path, attacks: list[str], compositional: list[str],
+                    base_draws: dict | None = None) -> dict[str, dict]:
+    """Each attack's ASR on the erased pipeline (not resumable: an erased pipeline has no files to key it);
+    `base_draws` keeps the base's target images from row to row."""
     subject = Subject(erased, base_pipe, name, request.base_model, identity, base.hash)
     found = {}
     for attack in attacks:
@@ -124,7 +126,7 @@ def _attack_metrics(erased, name: str, base_pipe, base: Sampled, identity: str, 
         log(f"bench: {attack} on {name}")
         report = attack_pipeline(subject, entry, entry.config(), protocol, request.concept, out / f"attack-{attack}",
                                  judge=scorers.judge, spec=request.spec, compositional=compositional,
-                                 cache=ImageCache(None), resume=False)
+                                 cache=ImageCache(None), resume=False, base_draws=base_draws)
         found[f"asr_{attack}"] = report.asr.model_dump()
     return found
 
@@ -169,7 +171,8 @@ def _saved_row(folder: Path, key: dict) -> BenchRow | None:
 
 def _run_method(name: str, erase: Eraser, request: ErasureRequest, model: ModelRef, base: Sampled, protocol,
                 scorers, out: Path, config: dict, base_pipe=None, attacks: list[str] = (),
-                certify: dict | None = None, cache: ImageCache | None = None) -> BenchRow:
+                certify: dict | None = None, cache: ImageCache | None = None,
+                base_draws: dict | None = None) -> BenchRow:
     start = time.time()
     measured_alone = reset_peak_rss()
     pipe = model.load()  # a fresh copy per method: a method may edit the pipeline in place
@@ -187,7 +190,7 @@ def _run_method(name: str, erase: Eraser, request: ErasureRequest, model: ModelR
     report.seconds = time.time() - start
     write_report(report, sampled.images, base.images, out / name)
     asr = _attack_metrics(erased, name, base_pipe, base, sampled.hash, request, protocol, scorers, out / name,
-                          list(attacks), model.compositional_prompts(request.concept)) if attacks else {}
+                          list(attacks), model.compositional_prompts(request.concept), base_draws) if attacks else {}
     # The unmodified model is certified against itself (one set of images, not two).
     leakage = (_certificate_metrics(base_pipe if erase is keep_unchanged else erased, name, base_pipe, base,
                                    sampled.hash, request, protocol, out / name, list(attacks), certify, cache)
@@ -239,6 +242,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
     log(f"bench: sampling the base model '{model}'")
     base_pipe = base_model.load()
     base = sample(base_pipe, model, base_model.hash, protocol, concept, cache, floor=True)
+    base_draws: dict = {}  # the attacks' target images of the base, drawn once for every row
     for i, name in enumerate(methods, 1):
         key = _row_key(name, request, base, protocol, attacks, variants.get(name), certify)
         saved = _saved_row(Path(out) / name, key) if resume else None
@@ -249,7 +253,7 @@ def bench(model: str, concept: str, methods: list[str], out: Path, task: str | N
         log(f"bench [{i}/{len(methods)}]: {name}")
         try:
             rows.append(_run_method(name, registry[name], request, base_model, base, protocol, scorers, Path(out),
-                                    config, base_pipe, attacks, certify, cache))
+                                    config, base_pipe, attacks, certify, cache, base_draws))
             atomic_write_json(Path(out) / name / "row.json", {"key": key, "row": asdict(rows[-1])})
         except Exception as exc:  # a failed method is a row of the table, not the end of the run
             atomic_write_text(Path(out) / name / "error.txt", traceback.format_exc())
