@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TOKEN_FAMILIES = ("janus",)
@@ -47,6 +48,12 @@ class TokenConditioning:
     def expand(self, n: int) -> TokenConditioning:
         """One prefix (a batch of 1) as n rows, sharing memory (and gradient) as `Tensor.expand` does."""
         return TokenConditioning(self.embeds.expand(n, -1, -1), self.mask.expand(n, -1), self.input_ids.expand(n, -1))
+
+
+def code_kl(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) between next-code distributions, per code position and averaged: p as log-probabilities, q as
+    logits (B, N, codebook). What the token methods' preservation terms and P4D's match compare."""
+    return F.kl_div(torch.log_softmax(logits.float(), -1), log_p, log_target=True, reduction="none").sum(-1).mean()
 
 
 class TokenGenerator(ABC):

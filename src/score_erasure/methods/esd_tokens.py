@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure import parallel
-from score_erasure.backends.tokens import TokenConditioning
+from score_erasure.backends.tokens import TokenConditioning, code_kl
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
 from score_erasure.spec import ConceptSpec
 
@@ -56,8 +55,7 @@ def esd_tokens(generator, spec: ConceptSpec, cfg: ESDTokensConfig, checkpointing
         with torch.no_grad():
             both = base.image_logits(TokenConditioning.cat([c[i:i + 1], uncond[i:i + 1]]), torch.cat([r, r]))
             log_q = negative_guidance(both[1:], both[:1], cfg.eta)
-        logits = generator.image_logits(c[i:i + 1], r).float()
-        loss = F.kl_div(torch.log_softmax(logits, -1), log_q, log_target=True, reduction="none").sum(-1).mean()
+        loss = code_kl(log_q, generator.image_logits(c[i:i + 1], r))
         return loss, {"esd": loss.item()}
 
     return finetune(params, step, cfg.iterations, cfg.lr, label="esd-ar", checkpointing=checkpointing,

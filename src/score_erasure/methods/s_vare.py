@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure import parallel
+from score_erasure.backends.tokens import code_kl
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
 from score_erasure.spec import ConceptSpec
 
@@ -52,8 +53,7 @@ def filtered_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.T
 
 def preservation(logits: torch.Tensor, base_log_probs: torch.Tensor) -> torch.Tensor:
     """KL(p_base ‖ p_θ) per code, averaged: base log-probabilities (B, N, V) against the model's logits."""
-    return F.kl_div(torch.log_softmax(logits.float(), -1), base_log_probs, log_target=True,
-                    reduction="none").sum(-1).mean()
+    return code_kl(base_log_probs, logits)
 
 
 def s_vare(generator, spec: ConceptSpec, cfg: SVAREConfig, checkpointing: Checkpointing | None = None,

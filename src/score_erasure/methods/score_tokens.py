@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure import parallel
-from score_erasure.backends.tokens import TokenConditioning
+from score_erasure.backends.tokens import TokenConditioning, code_kl
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
 from score_erasure.methods.score import Discriminator, discriminator_loss
 from score_erasure.spec import ConceptSpec
@@ -53,11 +53,6 @@ class ScoreTokensConfig(BaseModel):
     d_pretrain: int = Field(50, ge=0)
     d_width: int = Field(32, ge=1)
     seed: int = 0
-
-
-def kl(log_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) per code position, averaged: p as log-probabilities, q as logits (B, N, V)."""
-    return F.kl_div(torch.log_softmax(logits_q.float(), -1), log_p, log_target=True, reduction="none").sum(-1).mean()
 
 
 def score_tokens(generator, spec: ConceptSpec, cfg: ScoreTokensConfig, checkpointing: Checkpointing | None = None,
@@ -109,8 +104,8 @@ def score_tokens(generator, spec: ConceptSpec, cfg: ScoreTokensConfig, checkpoin
         pred_e, pred_u = generator.image_logits(TokenConditioning.cat([c_e[i:i + 1], uncond[i:i + 1]]),
                                                 r_e.expand(2, -1)).float().chunk(2)
         pred_r = generator.image_logits(c_r[rows], r_r[rows]).float()
-        erase, unc = kl(log_q, pred_e), kl(torch.log_softmax(l_u, -1), pred_u)
-        pres = kl(log_p_r[rows], pred_r)
+        erase, unc = code_kl(log_q, pred_e), code_kl(torch.log_softmax(l_u, -1), pred_u)
+        pres = code_kl(log_p_r[rows], pred_r)
         loss = erase + cfg.alpha_unc * unc + cfg.lambda_pres * pres
         terms = {"erase": erase.item(), "unc": unc.item(), "pres": pres.item()}
         if cfg.adversarial:

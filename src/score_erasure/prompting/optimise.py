@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from score_erasure.backends.tokens import code_kl
 from score_erasure.prompting.tokens import PLACEHOLDER_TEXT, TokenPrompt, table, text_ids
 
 
@@ -77,8 +78,7 @@ class CodeBatch:
     @staticmethod
     def match(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """KL(reference ‖ pred) per code position, averaged: the next-code distributions compared."""
-        return F.kl_div(pred.log_softmax(-1), reference.log_softmax(-1), log_target=True,
-                        reduction="none").sum(-1).mean()
+        return code_kl(reference.log_softmax(-1), pred)
 
 
 def draw_batch(targets: torch.Tensor, timesteps: torch.Tensor | None, size: int,
