@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from score_erasure.backends import token_generator_of
+from score_erasure.errors import UserError
 from score_erasure.generate import generate
 from score_erasure.methods import get_method
 from score_erasure.methods.esd_tokens import negative_guidance
@@ -104,8 +105,33 @@ def _config(tmp_path, text: str):
 
 def test_token_methods_refuse_diffusion_models(pipe):
     from score_erasure.backends import denoiser_for
-    from score_erasure.errors import UserError
 
     for name in RUNS:
         with pytest.raises(UserError, match=f"'{name}' does not run on SD models"):
             get_method(name).check_supports(denoiser_for(pipe))
+
+
+@pytest.mark.parametrize("concept", ["star", "red", "striped", "fire", "Zorblat"])
+def test_the_renderer_draws_each_scene_with_and_without_the_concept(concept):
+    from score_erasure.toyworld.judge import WorldJudge
+    from score_erasure.toyworld.specs import contrastive_renders
+
+    shown, hidden = contrastive_renders(concept, 16, seed=0)
+    assert shown.shape == hidden.shape == (16, 32, 32, 3)
+    assert all((a != b).any() for a, b in zip(shown, hidden, strict=True))
+    judge = WorldJudge.load()
+    family = {"star": "shape", "red": "colour", "striped": "style", "fire": "fire", "Zorblat": "character"}[concept]
+    assert judge.judge(shown).has(family, concept).all() and not judge.judge(hidden).has(family, concept).any()
+
+
+def test_vce_takes_its_pairs_from_the_renderer_on_the_worlds_concepts():
+    from score_erasure.methods.vce import rendered_pairs
+    from score_erasure.toyworld.specs import world_spec
+
+    generator, method = token_generator_of(tiny_janus_pipeline(0)), get_method("vce")
+    spec = world_spec("fire")
+    prompts, y_w, y_l = rendered_pairs(generator, spec, method.config({"pairs_per_prompt": 2}))
+    assert prompts == [p for p in spec.target_prompts for _ in range(2)]
+    assert y_w.shape == y_l.shape == (len(prompts), generator.num_image_tokens) and not torch.equal(y_w, y_l)
+    with pytest.raises(UserError, match="needs the embedded world's concepts"):
+        method.fit(generator, SPEC, method.config({"pairs": "renderer"}), show_progress=False)

@@ -9,14 +9,17 @@ it, the two differing in nothing else.
 π_ref is the base model (its per-code log-probabilities are computed once). The token-level average and the
 random token drop are the paper's stabilisers of DPO over long code sequences.
 
-Our reading (docs/methods.md; VCE's code is not public and its losses are given in words only): the pairs are the
-base model's codes for the concept prompt (y_l) and for its anchor (y_w) at the same seed, the contrast the
-paper builds with a multimodal LLM's refined captions; on a model of the embedded world the renderer would give
-exact pairs. β is DPO's usual 0.1; p, the rate and the step count are ours. The attention and feed-forward layers
+Our reading (docs/methods.md; VCE's code is not public and its losses are given in words only): the paper builds
+its pairs with a multimodal LLM's refined captions; on the embedded world's concepts the renderer gives them
+exactly (the same scene with and without the concept, `pairs = "renderer"`, the default there), elsewhere they
+are the base model's codes for the concept prompt (y_l) and for its anchor (y_w) at the same seed. β is DPO's
+usual 0.1; p, the rate and the step count are ours. The attention and feed-forward layers
 are trained, as S-VARE's (which parameters VCE trains is not stated).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,8 +27,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure import parallel
+from score_erasure.errors import UserError
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
 from score_erasure.spec import ConceptSpec
+from score_erasure.toyworld.specs import contrastive_renders, world_spec
 
 
 class VCEConfig(BaseModel):
@@ -37,7 +42,11 @@ class VCEConfig(BaseModel):
     batch: int = Field(2, ge=1)
     beta: float = Field(0.1, gt=0)  # β
     token_drop: float = Field(0.1, ge=0, lt=1)  # p
-    pairs_per_prompt: int = Field(4, ge=1)  # contrastive pairs drawn for each target prompt (one seed each)
+    pairs_per_prompt: int = Field(4, ge=1)  # contrastive pairs for each target prompt
+    # where the pairs come from: the base model's codes for the target and its anchor at one seed ("sampled"), or
+    # the world renderer's scene with and without the concept ("renderer"); "auto": the renderer on the embedded
+    # world's concepts
+    pairs: Literal["auto", "renderer", "sampled"] = "auto"
     guidance: float = 5.0  # the base model's when it draws the pairs
     seed: int = 0
 
@@ -53,22 +62,51 @@ def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor
     return -F.logsigmoid(beta * margin).mean()
 
 
-def vce(generator, spec: ConceptSpec, cfg: VCEConfig, checkpointing: Checkpointing | None = None,
-        show_progress: bool = True) -> Trace:
+@torch.no_grad()
+def sampled_pairs(generator, spec: ConceptSpec, cfg: VCEConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The base's codes for each target prompt (y_l) and for its anchor (y_w) at the same seed."""
     pairs = [(t, a) for t, a in zip(spec.target_prompts, spec.anchor_prompts, strict=True)
              for _ in range(cfg.pairs_per_prompt)]
-    x = generator.encode([t for t, _ in pairs])
+    seeds = [cfg.seed + i for i in range(len(pairs))]
+    y_w = generator.sample(generator.encode([a for _, a in pairs]),
+                           [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
+    y_l = generator.sample(generator.encode([t for t, _ in pairs]),
+                           [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
+    return [t for t, _ in pairs], y_w, y_l
+
+
+@torch.no_grad()
+def rendered_pairs(generator, spec: ConceptSpec, cfg: VCEConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The codes of rendered scenes with (y_l) and without (y_w) each concept, for the target prompts that are
+    that concept's own in the world (all of them for a spec of one concept)."""
+    prompts, shown, hidden = [], [], []
+    for k, concept in enumerate(spec.concepts):
+        own = [p for p in spec.target_prompts if p in world_spec(concept).target_prompts] or spec.target_prompts
+        with_concept, without = contrastive_renders(concept, len(own) * cfg.pairs_per_prompt, cfg.seed + k)
+        prompts += [p for p in own for _ in range(cfg.pairs_per_prompt)]
+        shown.append(with_concept)
+        hidden.append(without)
+
+    def codes(images: list[np.ndarray]) -> torch.Tensor:
+        return generator.image_codes(torch.from_numpy(np.concatenate(images)).float() / 255)
+
+    return prompts, codes(hidden), codes(shown)
+
+
+def vce(generator, spec: ConceptSpec, cfg: VCEConfig, checkpointing: Checkpointing | None = None,
+        show_progress: bool = True) -> Trace:
+    renderer = cfg.pairs == "renderer" or (cfg.pairs == "auto" and spec.world)
+    if renderer and not spec.world:
+        raise UserError("vce: pairs = 'renderer' needs the embedded world's concepts; use 'sampled'")
+    prompts, y_w, y_l = (rendered_pairs if renderer else sampled_pairs)(generator, spec, cfg)
+    x = generator.encode(prompts)
     with torch.no_grad():
-        seeds = [cfg.seed + i for i in range(len(pairs))]
-        y_w = generator.sample(generator.encode([a for _, a in pairs]),
-                               [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
-        y_l = generator.sample(x, [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
         ref_w, ref_l = generator.code_log_probs(x, y_w), generator.code_log_probs(x, y_l)
     params = trainable(generator, cfg.group)
 
     def step(k: int):
         rng = np.random.default_rng(parallel.step_key(cfg.seed, k))
-        rows = rng.choice(len(pairs), size=min(cfg.batch, len(pairs)), replace=False).tolist()
+        rows = rng.choice(len(prompts), size=min(cfg.batch, len(prompts)), replace=False).tolist()
         keep = torch.from_numpy(rng.random(y_w[rows].shape) >= cfg.token_drop).to(ref_w.device)
         policy_w = generator.code_log_probs(x[rows], y_w[rows])
         policy_l = generator.code_log_probs(x[rows], y_l[rows])

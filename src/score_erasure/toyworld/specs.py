@@ -6,6 +6,7 @@ shape", "a star on fire" -> "a star"), so a method maps the concept onto its neu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -82,21 +83,46 @@ def world_spec(name: str) -> ConceptSpec:
     return _attribute_spec(family, vocab.FAMILIES[family][vocab.index(family, name)])
 
 
+def _showing(name: str) -> dict:
+    """The scene attributes that make a rendered scene show concept `name` (the rest drawn at random)."""
+    family = _family_of(name)
+    if family == "character":
+        who = vocab.character(name)
+        return {"shape": who.shape, "colour": who.colour, "style": who.style, "fire": False}
+    return {"fire": True} if family == "fire" else {family: name, "fire": False}
+
+
 def concept_renders(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n rendered scenes that show concept `name` (everything else random) and the exact masks of the concept's
     pixels: uint8 images (n, 32, 32, 3) and bool masks (n, 32, 32). What Grounded-SAM gives MACE on real images,
     exact here: the object for a shape, colour, style or character, the flames for fire."""
     name = canonical(name)
-    family = _family_of(name)
-    if family == "character":
-        who = vocab.character(name)
-        fixed = {"shape": who.shape, "colour": who.colour, "style": who.style, "fire": False}
-    else:
-        fixed = {"fire": True} if family == "fire" else {family: name, "fire": False}
     rng = np.random.default_rng([seed, 7])
-    scenes = [render.sample_scene(rng, **fixed) for _ in range(n)]
-    part = "flames" if family == "fire" else "object"
+    scenes = [render.sample_scene(rng, **_showing(name)) for _ in range(n)]
+    part = "flames" if _family_of(name) == "fire" else "object"
     return render.render_batch(scenes), np.stack([render.part_mask(s, part) for s in scenes])
+
+
+def contrastive_renders(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n scenes that show concept `name` and the same n scenes without it, uint8 (n, 32, 32, 3) each: the flames
+    taken off, a shape, colour or style replaced by another of its family, a character's look changed in one of
+    its three attributes; the geometry, background and the other attributes kept. VCE's contrastive pairs, which
+    the paper builds from refined captions, exact here."""
+    name = canonical(name)
+    family = _family_of(name)
+    rng = np.random.default_rng([seed, 8])
+    shown, hidden = [], []
+    for _ in range(n):
+        scene = render.sample_scene(rng, **_showing(name))
+        if family == "fire":
+            change = {"fire": False}
+        else:
+            attribute = str(rng.choice(["shape", "colour", "style"])) if family == "character" else family
+            others = [c.name for c in vocab.FAMILIES[attribute] if c.name != getattr(scene, attribute)]
+            change = {attribute: others[rng.integers(len(others))]}
+        shown.append(scene)
+        hidden.append(dataclasses.replace(scene, **change))
+    return render.render_batch(shown), render.render_batch(hidden)
 
 
 def compositional_prompts(name: str, count: int = 8) -> list[str]:
