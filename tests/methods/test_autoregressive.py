@@ -135,3 +135,12 @@ def test_vce_takes_its_pairs_from_the_renderer_on_the_worlds_concepts():
     assert y_w.shape == y_l.shape == (len(prompts), generator.num_image_tokens) and not torch.equal(y_w, y_l)
     with pytest.raises(UserError, match="needs the embedded world's concepts"):
         method.fit(generator, SPEC, method.config({"pairs": "renderer"}), show_progress=False)
+
+
+def test_score_ar_contrasts_prompts_of_different_lengths():
+    """A concept prompt and its anchor need not tokenise to the same length ("a circle on fire", "a circle")."""
+    from score_erasure.toyworld.specs import world_spec
+
+    generator, method = token_generator_of(tiny_janus_pipeline(0)), get_method("score-ar")
+    trace = method.fit(generator, world_spec("fire"), method.config(method.smoke), show_progress=False)
+    assert len(trace.series("erase")) == method.smoke["iterations"]

@@ -58,14 +58,15 @@ class ScoreTokensConfig(BaseModel):
 def score_tokens(generator, spec: ConceptSpec, cfg: ScoreTokensConfig, checkpointing: Checkpointing | None = None,
                  show_progress: bool = True) -> Trace:
     base = generator.frozen_copy()
-    c_e, c_a = generator.encode(spec.target_prompts), generator.encode(spec.anchor_prompts)
+    both = generator.encode(spec.target_prompts + spec.anchor_prompts)  # one padded width: rows concatenate
+    c_e, c_a = both[:len(spec.target_prompts)], both[len(spec.target_prompts):]
     kept = list(dict.fromkeys([*(spec.retain_prompts or []), *spec.anchor_prompts]))
     c_r = generator.encode([p for p in kept for _ in range(cfg.sequences_per_prompt)])
     with torch.no_grad():
         seeds = [torch.Generator().manual_seed(cfg.seed + i) for i in range(len(c_r))]
         r_r = base.sample(c_r, seeds, cfg.guidance)
         log_p_r = torch.log_softmax(base.image_logits(c_r, r_r).float(), -1)
-    uncond = generator.unconditional(c_e)
+    uncond = generator.unconditional(c_e)  # the same width as c_e and c_a
     side = generator.expected_latents(log_p_r[:1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
