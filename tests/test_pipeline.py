@@ -48,3 +48,18 @@ def test_the_shipped_flux_model_draws_the_world_and_round_trips(tmp_path):
     pipe.save_pretrained(tmp_path / "flux")
     again = generate(load_pipeline(str(tmp_path / "flux")), ["a red circle"], [0, 1], steps=25, show_progress=False)
     assert (again == images).all()
+
+
+def test_the_shipped_autoregressive_model_draws_the_world_and_round_trips(tmp_path):
+    from score_erasure.models import load_pipeline, resolve_model
+    from score_erasure.pipelines import JanusImagePipeline
+    from score_erasure.toyworld.judge import WorldJudge
+
+    pipe = load_pipeline("embedded-ar")
+    assert isinstance(pipe, JanusImagePipeline)
+    assert len({resolve_model(m).hash for m in ("embedded", "embedded-flux", "embedded-ar")}) == 3
+    images = generate(pipe, ["a red circle"], [0, 1, 2, 3], show_progress=False)
+    assert list(WorldJudge.load().judge(images[0]).colour).count("red") >= 3
+    pipe.save_pretrained(tmp_path / "ar")
+    again = generate(load_pipeline(str(tmp_path / "ar")), ["a red circle"], [0, 1, 2, 3], show_progress=False)
+    assert (again == images).all()
