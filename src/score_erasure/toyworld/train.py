@@ -329,7 +329,7 @@ def train_vq(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resume: bool
     Every `vq_restart_every` steps of the first `vq_restart_until` of training, the codes that no image of a
     probe of `vq_restart_probe` pool images uses are moved onto encoder outputs of that probe (dead-code
     restarts; a function of the step alone, so resuming changes nothing). Judged on one training batch instead,
-    rare but needed codes (a colour's edge patches) were reset every step, and the judge read a fifth of the
+    rare but needed codes (a colour's edge patches) were reset every step, and the judge read over a third of the
     reconstructions' colours wrong (docs/embedded-model.md)."""
     vq = model.new_janus().model.vqmodel
     trainer = _Trainer("vq", vq, cfg.vq_lr, cfg.vq_steps, 100, run_dir, cfg.checkpoint_every, resume=resume)
