@@ -1,6 +1,6 @@
 """Images per second of each embedded model, generated as the evaluation does (`generate`: batches of 64, the
-protocol's 25 sampler steps and guidance 3 for the diffusion models; one code at a time for embedded-ar), after
-one warm-up batch. Prints a table and writes JSON with the thread count.
+protocol's 25 sampler steps and guidance 3 for the diffusion models; one code at a time for embedded-ar, one
+scale at a time for embedded-var), after one warm-up batch. Prints a table and writes JSON with the thread count.
 
     python benchmarks/generation_speed.py --out runs/generation-speed.json [--threads 1] [--images 256]
 """
@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-MODELS = ("embedded", "embedded-flux", "embedded-ar")
+MODELS = ("embedded", "embedded-flux", "embedded-ar", "embedded-var")
 PROMPTS = ["a red star", "a striped circle", "a blue heart on fire", "Zorblat"]
 
 

@@ -79,3 +79,13 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("text", "needle"), [("{not json", "--config"), ('{"unet_step": 5}', "unet_step")])
+def test_train_config_errors(capsys, monkeypatch, tmp_path, text, needle):
+    """A broken or misspelt training config stops before anything runs, naming the problem."""
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    code, _, err = run(capsys, monkeypatch, "world", "train", "--config", str(config), "--out", str(tmp_path / "r"))
+    _assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "r").exists()

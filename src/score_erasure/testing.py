@@ -12,10 +12,11 @@ import torch
 
 from score_erasure import cli
 from score_erasure.attacks import ATTACKS
+from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer
 from score_erasure.delta import editable_parameters
 from score_erasure.evaluation.protocol import packaged_path
 from score_erasure.methods import METHODS
-from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline
+from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
 from score_erasure.toyworld.model import minilm_path
 
 
@@ -155,6 +156,26 @@ def tiny_janus_pipeline(seed: int = 0) -> JanusImagePipeline:
     model = JanusForConditionalGeneration(config).eval()
     pipe = JanusImagePipeline(model, tokenizer, bos_token_id=tokenizer.cls_token_id,
                               boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_var_pipeline(seed: int = 0) -> VARImagePipeline:
+    """A VARImagePipeline at toy scale: scales 1, 2, 4, 8 (85 codes of a 64-code book) over tiny_janus_pipeline's
+    VQ-VAE architecture, a 2-layer block-causal transformer of width 64 over the MiniLM word pieces (offline)."""
+    from transformers import BertTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=32)
+    vq = MultiScaleVQ(vq_config={"embed_dim": 8, "num_embeddings": 64, "base_channels": 32,
+                                 "channel_multiplier": [1, 1, 2], "num_res_blocks": 1, "latent_channels": 8,
+                                 "resolution": 32, "attn_resolutions": [], "num_patches": 8}, scales=(1, 2, 4, 8))
+    for conv in vq.phi:  # random, as every other weight here, so that tests see each scale's term
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    transformer = NextScaleTransformer(vocab_size=tokenizer.vocab_size, codebook_size=64, code_dim=8, width=64,
+                                       layers=2, heads=4, ffn=128, max_prompt_tokens=34)
+    pipe = VARImagePipeline(transformer.eval(), vq.eval(), tokenizer, bos_token_id=tokenizer.cls_token_id,
+                            boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

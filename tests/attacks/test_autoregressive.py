@@ -18,15 +18,15 @@ from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.prompting.optimise import CodeBatch, denoising_loss
 from score_erasure.prompting.tokens import exact_text, token_prompt
 from score_erasure.testing import FAST_ATTACK_CONFIGS as FAST
-from score_erasure.testing import run_cli, tiny_janus_pipeline
+from score_erasure.testing import run_cli, tiny_janus_pipeline, tiny_var_pipeline
 
 BUDGET_LENGTH = {"unlearndiff": "iterations", "p4d": "iterations", "inversion": "iterations",
                  "inversion-word": "iterations", "ring-a-bell": "generations"}
 
 
-@pytest.fixture(scope="module")
-def pipes():
-    return tiny_janus_pipeline(0), tiny_janus_pipeline(1)
+@pytest.fixture(scope="module", params=[tiny_janus_pipeline, tiny_var_pipeline], ids=["janus", "var"])
+def pipes(request):
+    return request.param(0), request.param(1)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""The token backend (autoregressive generators) on a tiny random Janus: teacher forcing agrees with sampling,
-images depend on their prompt and seed only, parameter groups, saved folders and transformers checkpoints load
-through the model resolver, and diffusion-only code refuses these models in one line."""
+"""The token backend (autoregressive generators) on a tiny random Janus and a tiny next-scale (VAR) model: teacher
+forcing agrees with sampling, images depend on their prompt and seed only, parameter groups, saved folders and
+transformers checkpoints load through the model resolver, and diffusion-only code refuses these models in one
+line; the next-scale model's quantiser and block-causal attention."""
 
 import json
 
@@ -13,8 +14,8 @@ from score_erasure.backends.base import resolution
 from score_erasure.errors import UserError
 from score_erasure.generate import generate
 from score_erasure.models import resolve_model
-from score_erasure.pipelines import JanusImagePipeline
-from score_erasure.testing import run_cli, small_protocol_data, tiny_janus_pipeline
+from score_erasure.pipelines import JanusImagePipeline, VARImagePipeline
+from score_erasure.testing import run_cli, small_protocol_data, tiny_janus_pipeline, tiny_var_pipeline
 
 PROMPTS = ["a star", "a striped red star on a blue ground"]  # different lengths: the shorter one is left-padded
 
@@ -24,11 +25,21 @@ def janus():
     return tiny_janus_pipeline(0)
 
 
-def test_teacher_forced_logits_are_those_the_sampler_drew_from(janus):
-    """Greedy codes drawn step by step with the KV cache are the argmax of the logits computed in one
-    teacher-forced pass: the same positions, masks and code embeddings on both paths (guidance 1 = the
+@pytest.fixture(scope="module")
+def var():
+    return tiny_var_pipeline(0)
+
+
+@pytest.fixture(scope="module", params=["janus", "var"])
+def token_pipe(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_teacher_forced_logits_are_those_the_sampler_drew_from(token_pipe):
+    """Greedy codes drawn step by step (with Janus's KV cache; scale by scale for VAR) are the argmax of the logits
+    computed in one teacher-forced pass: the same positions, masks and code inputs on both paths (guidance 1 = the
     conditional logits alone)."""
-    generator = token_generator_of(janus)
+    generator = token_generator_of(token_pipe)
     cond = generator.encode(PROMPTS)
     assert cond.mask[0].tolist().count(0) > 0  # the short prompt is padded
     codes = generator.sample(cond, [torch.Generator().manual_seed(0)] * 2, guidance=1.0, temperature=1e-8)
@@ -38,26 +49,26 @@ def test_teacher_forced_logits_are_those_the_sampler_drew_from(janus):
     assert torch.equal(logits.argmax(-1), codes)
 
 
-def test_an_image_depends_on_its_prompt_and_seed_only(janus):
-    together = generate(janus, PROMPTS, [3, 4], show_progress=False)
-    alone = generate(janus, PROMPTS[:1], [4], show_progress=False)
+def test_an_image_depends_on_its_prompt_and_seed_only(token_pipe):
+    together = generate(token_pipe, PROMPTS, [3, 4], show_progress=False)
+    alone = generate(token_pipe, PROMPTS[:1], [4], show_progress=False)
     assert together.shape == (2, 2, 32, 32, 3) and together.dtype == np.uint8
     assert np.array_equal(together[0, 1], alone[0, 0])
     assert not np.array_equal(together[0, 0], together[0, 1])  # another seed, another image
-    assert resolution(janus) == (32, 32)
+    assert resolution(token_pipe) == (32, 32)
 
 
-def test_likelihood_gradients_reach_exactly_the_chosen_group(janus):
-    generator = token_generator_of(janus)
+def test_likelihood_gradients_reach_exactly_the_chosen_group(token_pipe):
+    generator, network = token_generator_of(token_pipe), token_generator_of(token_pipe).network
     attention, ffn = generator.parameters("attention"), generator.parameters("ffn")
     assert attention and ffn and not set(attention) & set(ffn)
     assert set(generator.parameters("attention+ffn")) == set(attention) | set(ffn)
     codes = generator.image_codes(torch.rand(2, 32, 32, 3))
-    assert codes.shape == (2, 64) and int(codes.max()) < generator.codebook_size
-    janus.model.zero_grad()
+    assert codes.shape == (2, generator.num_image_tokens) and int(codes.max()) < generator.codebook_size
+    network.zero_grad()
     generator.code_log_probs(generator.encode(PROMPTS), codes).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in attention.values())
-    janus.model.zero_grad()
+    network.zero_grad()
     with pytest.raises(ValueError, match="unknown parameter group"):
         generator.parameters("xattn")
 
@@ -105,3 +116,52 @@ def test_score_evaluate_measures_a_janus_model_against_its_base(janus, tmp_path,
     assert code == 0, err
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["metrics"]["fid"]["value"] == 0 and 0 <= report["metrics"]["acc_e"]["value"] <= 1
+
+
+def test_a_saved_next_scale_pipeline_loads_by_name_and_draws_the_same(var, tmp_path, capsys, monkeypatch):
+    reference = generate(var, PROMPTS[:1], [0], show_progress=False)
+    var.save_pretrained(tmp_path / "pipe")
+    pipe = resolve_model(str(tmp_path / "pipe")).load()
+    assert isinstance(pipe, VARImagePipeline)
+    assert np.array_equal(generate(pipe, PROMPTS[:1], [0], show_progress=False), reference)
+    code, _, err = run_cli(capsys, monkeypatch, "generate", "--model", tmp_path / "pipe", "--prompt", "a star",
+                           "-n", "2", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert len(list((tmp_path / "out").rglob("seed*.png"))) == 2
+
+
+def test_the_residual_quantiser_sums_its_scales_and_feeds_each_the_ones_before(var):
+    """f_hat from codes is the quantiser's last partial sum, and scale k's input tokens are the partial sum of the
+    scales before it, resized to scale k: what sampling computes as it goes."""
+    vq = var.vq
+    with torch.no_grad():
+        f = vq.features(torch.rand(2, 3, 32, 32) * 2 - 1)
+        codes, partial = vq.quantize(f)
+        assert codes.shape == (2, 1 + 4 + 16 + 64)
+        torch.testing.assert_close(vq.latents(codes), partial[-1])
+        inputs = vq.teacher_inputs(codes).split([4, 16, 64], 1)
+        for k, given in enumerate(inputs, start=1):
+            torch.testing.assert_close(given, vq.next_inputs(partial[k - 1], k))
+        # each scale quantises what the ones before left: the residual shrinks at the finest scale
+        assert (f - partial[-1]).norm() < (f - partial[-2]).norm()
+
+
+def test_a_scale_sees_the_scales_before_it_and_not_those_after(var):
+    """Block-causal attention: changing the codes of scale 3 (4x4) leaves the logits of scales 1 to 3 as they were
+    and changes those of scale 4."""
+    generator = token_generator_of(var)
+    cond = generator.encode(PROMPTS)
+    codes = torch.randint(0, generator.codebook_size, (2, generator.num_image_tokens))
+    changed = codes.clone()
+    changed[:, 5:21] = (changed[:, 5:21] + 1) % generator.codebook_size
+    with torch.no_grad():
+        before, after = generator.image_logits(cond, codes), generator.image_logits(cond, changed)
+    torch.testing.assert_close(before[:, :21], after[:, :21])
+    assert not torch.allclose(before[:, 21:], after[:, 21:])
+
+
+def test_expected_latents_of_one_hot_logits_are_the_codes_latents(var):
+    generator = token_generator_of(var)
+    codes = torch.randint(0, generator.codebook_size, (2, generator.num_image_tokens))
+    one_hot = torch.nn.functional.one_hot(codes, generator.codebook_size).float() * 1e4
+    torch.testing.assert_close(generator.expected_latents(one_hot), var.vq.latents(codes).detach())

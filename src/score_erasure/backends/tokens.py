@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOKEN_FAMILIES = ("janus",)
+TOKEN_FAMILIES = ("janus", "var")
 TOKEN_PARAMETER_GROUPS = ("attention", "ffn", "attention+ffn", "full")
 
 
@@ -182,7 +182,42 @@ class TokenGenerator(ABC):
         return {**inputs, "guidance_scale": guidance}
 
 
-class JanusGenerator(TokenGenerator):
+class PrefixPrompting(TokenGenerator):
+    """A generator prompted as `<bos> template(prompt) <boi>` in its own input-embedding table (`network.
+    get_input_embeddings()`), its pipeline's config naming the template and the special tokens: Janus, and the
+    next-scale generator of `backends.var`."""
+
+    def encode(self, prompts: list[str]) -> TokenConditioning:
+        config, tokenizer = self.pipe.config, self.pipe.tokenizer
+        ids = [[config.bos_token_id, *tokenizer(config.template.format(prompt=p), add_special_tokens=False).input_ids,
+                config.boi_token_id] for p in prompts]
+        width = max(len(row) for row in ids)
+        input_ids = torch.tensor([[config.pad_token_id] * (width - len(row)) + row for row in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
+        with torch.no_grad():
+            embeds = self.network.get_input_embeddings()(input_ids)
+        return TokenConditioning(embeds, mask, input_ids)
+
+    def frame(self, body: list[int]) -> tuple[list[int], int]:
+        """[BOS] template-before body template-after [BOI]; the template's pieces are tokenised apart from the body,
+        which for a byte-pair tokenizer may split the boundary words differently from `encode`'s whole string."""
+        config, tokenizer = self.pipe.config, self.pipe.tokenizer
+        before, after = config.template.split("{prompt}")
+        head = [config.bos_token_id, *(tokenizer(before, add_special_tokens=False).input_ids if before else [])]
+        tail = [*(tokenizer(after, add_special_tokens=False).input_ids if after else []), config.boi_token_id]
+        return head + list(body) + tail, len(head)
+
+    def unconditional(self, cond: TokenConditioning) -> TokenConditioning:
+        """Janus's rule: every prefix position but BOS and BOI becomes the pad token."""
+        config = self.pipe.config
+        keep = (cond.input_ids == config.bos_token_id) | (cond.input_ids == config.boi_token_id)
+        input_ids = torch.where(keep, cond.input_ids, torch.full_like(cond.input_ids, config.pad_token_id))
+        with torch.no_grad():  # as `encode`: a conditioning, not a path for gradients into the embedding table
+            embeds = self.network.get_input_embeddings()(input_ids).to(cond.embeds.dtype)
+        return TokenConditioning(embeds, cond.mask, input_ids)
+
+
+class JanusGenerator(PrefixPrompting):
     """transformers' Janus classes (Janus, Janus-Pro): a Llama language model reads the prompt, a generation head
     gives the image-code logits, the generation embeddings feed each drawn code back in, and a VQ-VAE decodes."""
 
@@ -207,38 +242,9 @@ class JanusGenerator(TokenGenerator):
     def codebook_size(self) -> int:
         return self.model.model.vqmodel.config.num_embeddings
 
-    def encode(self, prompts: list[str]) -> TokenConditioning:
-        config, tokenizer = self.pipe.config, self.pipe.tokenizer
-        ids = [[config.bos_token_id, *tokenizer(config.template.format(prompt=p), add_special_tokens=False).input_ids,
-                config.boi_token_id] for p in prompts]
-        width = max(len(row) for row in ids)
-        input_ids = torch.tensor([[config.pad_token_id] * (width - len(row)) + row for row in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
-        with torch.no_grad():
-            embeds = self.model.get_input_embeddings()(input_ids)
-        return TokenConditioning(embeds, mask, input_ids)
-
-    def frame(self, body: list[int]) -> tuple[list[int], int]:
-        """[BOS] template-before body template-after [BOI]; the template's pieces are tokenised apart from the body,
-        which for a byte-pair tokenizer may split the boundary words differently from `encode`'s whole string."""
-        config, tokenizer = self.pipe.config, self.pipe.tokenizer
-        before, after = config.template.split("{prompt}")
-        head = [config.bos_token_id, *(tokenizer(before, add_special_tokens=False).input_ids if before else [])]
-        tail = [*(tokenizer(after, add_special_tokens=False).input_ids if after else []), config.boi_token_id]
-        return head + list(body) + tail, len(head)
-
     def prompt_state(self, cond: TokenConditioning) -> torch.Tensor:
         positions = (cond.mask.cumsum(-1) - 1).clamp(min=0)
         return self._run(cond.embeds, cond.mask, positions)[:, -1:]
-
-    def unconditional(self, cond: TokenConditioning) -> TokenConditioning:
-        """Janus's own: every prefix position but BOS and BOI becomes the pad token."""
-        config = self.pipe.config
-        keep = (cond.input_ids == config.bos_token_id) | (cond.input_ids == config.boi_token_id)
-        input_ids = torch.where(keep, cond.input_ids, torch.full_like(cond.input_ids, config.pad_token_id))
-        with torch.no_grad():  # as `encode`: a conditioning, not a path for gradients into the embedding table
-            embeds = self.model.get_input_embeddings()(input_ids).to(cond.embeds.dtype)
-        return TokenConditioning(embeds, cond.mask, input_ids)
 
     def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.prepare_embeddings_for_image_generation(codes)

@@ -248,21 +248,27 @@ def world_train(
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, logs, vae/ and unet/).")] = Path("runs/embedded"),
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     overwrite: OverwriteOpt = False,
-    config: Annotated[Path | None, typer.Option(help="JSON file overriding TrainConfig fields.")] = None,
+    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                help="JSON file overriding TrainConfig fields.")] = None,
     install: Annotated[bool, typer.Option(help="Copy the trained weights into the package (half precision).")]
     = False,
     arch: Annotated[str, typer.Option(help="'sd': the embedded model's VAE and UNet; 'flux': embedded-flux's "
                                            "transformer, on the shipped VAE; 'ar': the autoregressive model "
                                            "(a VQ-VAE and a Janus transformer; OUT/ar is its pipeline, "
-                                           "embedded-ar once installed).")] = "sd",
+                                           "embedded-ar once installed); 'var': the next-scale model "
+                                           "(a multi-scale tokenizer from embedded-ar's VQ-VAE and a block-causal "
+                                           "transformer; embedded-var once installed).")] = "sd",
 ) -> None:
     """Train an embedded model on the rendered world (sd: 102 minutes on 2 CPU cores; see the model card)."""
     from score_erasure.io import output_folder, release_folder
     from score_erasure.toyworld.train import TrainConfig, install_weights, train
 
-    if arch not in ("sd", "flux", "ar"):
-        raise UserError(f"unknown --arch '{arch}'; choose sd, flux or ar")
-    cfg = TrainConfig(**(json.loads(config.read_text()) if config else {}))
+    if arch not in ("sd", "flux", "ar", "var"):
+        raise UserError(f"unknown --arch '{arch}'; choose sd, flux, ar or var")
+    try:
+        cfg = TrainConfig.model_validate(json.loads(config.read_text()) if config else {})
+    except ValueError as err:  # a JSONDecodeError or pydantic's ValidationError
+        raise UserError(f"--config {config}: {err}") from err
     output_folder(out, "train", resume=resume, overwrite=overwrite)
     record = train(out, cfg, resume=resume, arch=arch)
     release_folder(out)

@@ -36,7 +36,7 @@ def docs_markers(model: str) -> tuple[str, str]:
     """The markers around a model's tables in the docs: named ones for the other shipped models
     (`<!-- leaderboard:embedded-ar:start -->`), so that docs/results.md holds a section per embedded model; the
     unnamed pair for `embedded` and for a user's own model."""
-    if model in ("embedded-flux", "embedded-ar"):
+    if model in ("embedded-flux", "embedded-ar", "embedded-var"):
         return f"<!-- leaderboard:{model}:start -->", f"<!-- leaderboard:{model}:end -->"
     return DOCS_START, DOCS_END
 

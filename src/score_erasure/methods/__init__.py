@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
-from score_erasure.backends import FAMILIES, Denoiser, TokenGenerator
+from score_erasure.backends import FAMILIES, TOKEN_FAMILIES, Denoiser, TokenGenerator
 from score_erasure.delta import COMPONENT_SEP, HookRestorer
 from score_erasure.errors import UserError, validated_config
 from score_erasure.methods import cgce, dumo, dve, semantic_surgery
@@ -148,16 +148,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            smoke={"train_steps": 20, "steps": 3}, restore=cgce.restore),
     Method("s-vare", s_vare, SVAREConfig, "fine-tune", "S-VARE (autoregressive): under the concept prompt, the "
            "codes the base draws for the safe prompt, filtered cross-entropy + KL preservation",
-           smoke={"iterations": 2, "sequences_per_prompt": 1}, families=("janus",)),
+           smoke={"iterations": 2, "sequences_per_prompt": 1}, families=TOKEN_FAMILIES),
     Method("vce", vce, VCEConfig, "fine-tune", "VCE (autoregressive): DPO preferring the concept-free image of each "
            "contrastive pair, token-level average with token drop", smoke={"iterations": 2, "pairs_per_prompt": 1},
-           families=("janus",)),
+           families=TOKEN_FAMILIES),
     Method("esd-ar", esd_tokens, ESDTokensConfig, "fine-tune", "ESD on an autoregressive generator: its own "
            "negative guidance on code logits, at every position of sequences it draws (a baseline; our reading)",
-           smoke={"iterations": 2}, families=("janus",)),
+           smoke={"iterations": 2}, families=TOKEN_FAMILIES),
     Method("score-ar", score_tokens, ScoreTokensConfig, "fine-tune", "SCORE on an autoregressive generator: "
            "negative guidance on code logits, a discriminator on the expected code grid, KL preservation (our "
-           "reading)", smoke={"iterations": 2, "d_pretrain": 1, "sequences_per_prompt": 1}, families=("janus",)),
+           "reading)", smoke={"iterations": 2, "d_pretrain": 1, "sequences_per_prompt": 1}, families=TOKEN_FAMILIES),
 )}
 
 

@@ -30,8 +30,9 @@ from diffusers import (
 )
 from transformers import BertModel, BertTokenizer
 
+from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer
 from score_erasure.errors import UserError
-from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline
+from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MAX_PROMPT_TOKENS = 24  # longest held-out paraphrase is ~21 MiniLM word pieces
@@ -223,6 +224,40 @@ def load_embedded_ar(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch
         raise UserError("the embedded-ar weights are not installed; train them with "
                         "`score world train --arch ar --install`")
     return assemble_ar(JanusForConditionalGeneration.from_pretrained(weights_dir / "ar", dtype=dtype).eval())
+
+
+VAR_SCALES = (1, 2, 4, 8)  # 85 codes; the last scale is the embedded-ar tokenizer's 8x8 grid
+VAR_TRANSFORMER_CONFIG = dict(scales=VAR_SCALES, width=AR_WIDTH, layers=6, heads=8, ffn=704,
+                              max_prompt_tokens=MAX_PROMPT_TOKENS + 2)  # the prompt's pieces, [CLS] and [SEP]
+
+
+def new_var_vq():
+    """embedded-var's multi-scale tokenizer, untrained; the VQ-VAE inside it is embedded-ar's architecture."""
+    return MultiScaleVQ(vq_config=AR_CONFIG["vq_config"], scales=VAR_SCALES)
+
+
+def new_var_transformer():
+    """embedded-var's block-causal transformer, untrained: embedded-ar's width and depth."""
+    vq = AR_CONFIG["vq_config"]
+    return NextScaleTransformer(vocab_size=ar_tokenizer().vocab_size, codebook_size=vq["num_embeddings"],
+                                code_dim=vq["embed_dim"], **VAR_TRANSFORMER_CONFIG)
+
+
+def assemble_var(transformer, vq) -> VARImagePipeline:
+    tokenizer = ar_tokenizer()
+    pipe = VARImagePipeline(transformer, vq, tokenizer, bos_token_id=tokenizer.cls_token_id,
+                            boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_embedded_var(weights_dir: Path = WEIGHTS_DIR, dtype: torch.dtype = torch.float32) -> VARImagePipeline:
+    """The shipped next-scale embedded model (`embedded-var`), stored in half precision, computed in `dtype`."""
+    if not (weights_dir / "var" / "transformer" / "config.json").is_file():
+        raise UserError("the embedded-var weights are not installed; train them with "
+                        "`score world train --arch var --install`")
+    return assemble_var(NextScaleTransformer.from_pretrained(weights_dir / "var" / "transformer", dtype=dtype).eval(),
+                        MultiScaleVQ.from_pretrained(weights_dir / "var" / "vq", dtype=dtype).eval())
 
 
 def count_parameters(module: torch.nn.Module) -> int:

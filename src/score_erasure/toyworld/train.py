@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from score_erasure.backends.flux import FluxDenoiser
 from score_erasure.backends.tokens import JanusGenerator, TokenConditioning
+from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer, VARGenerator
 from score_erasure.io import atomic_write_json, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
 from score_erasure.progress import progress_bar
 from score_erasure.provenance import provenance
@@ -33,7 +34,7 @@ from score_erasure.toyworld import captions, model
 class TrainConfig(BaseModel):
     """Defaults: 102 minutes on 2 free CPU cores for the SD model (measured in docs/embedded-model.md)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt field is an error, not a silent default
 
     seed: int = 0
     pool_size: int = Field(40_000, ge=1)
@@ -66,6 +67,12 @@ class TrainConfig(BaseModel):
     ar_steps: int = Field(3_000, ge=0)
     ar_batch: int = Field(64, ge=1)
     ar_lr: float = Field(1e-3, gt=0)
+    # embedded-var (arch "var"): its multi-scale tokenizer starts from embedded-ar's VQ-VAE, then its transformer
+    var_vq_steps: int = Field(1_500, ge=0)
+    var_vq_lr: float = Field(3e-4, gt=0)
+    var_steps: int = Field(3_000, ge=0)
+    var_batch: int = Field(64, ge=1)
+    var_lr: float = Field(1e-3, gt=0)
     checkpoint_every: int = Field(500, ge=1)
     # Build each step's batch (captions, their encoding, latents, noise, t) in this many loader processes while
     # the network trains: caption encoding is ~40% of a step, and overlapping it uses the second core. The
@@ -401,41 +408,91 @@ def assemble_ar_run(run_dir: Path) -> None:
     model.assemble_ar(janus).save_pretrained(run_dir / "ar")
 
 
+def _pool_codes(generator, images: np.ndarray, path: Path) -> torch.Tensor:
+    """The codes of every pool image under a generator's tokenizer, computed once per run."""
+    if not path.exists():
+        with torch.no_grad():
+            codes = torch.cat([generator.image_codes(torch.from_numpy(images[i:i + 512]).float() / 255)
+                               for i in range(0, len(images), 512)])
+        save_tensors({"codes": codes}, path, {})
+    return load_tensors(path)[0]["codes"]
+
+
+def _fit_generator(trainer: _Trainer, generator, codes: torch.Tensor, cfg: TrainConfig, stage: int, batch: int,
+                   scenes, characters, budget: list[int] | None) -> bool:
+    """−Σ_i log p(r_i | r_<i, caption) over the pool's codes, teacher-forced through the token backend itself
+    (prompt format, padding, code inputs as sampling sees them); a dropped caption becomes the backend's own
+    unconditional prefix, so guidance samples what training saw."""
+    embed = generator.network.get_input_embeddings()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        rng, _ = _step_rng(cfg.seed, stage, step)
+        idx = rng.integers(len(scenes), size=batch)
+        prefix = generator.encode([captions.training_caption(rng, scenes[i], characters[i]) for i in idx])
+        dropped = torch.from_numpy(rng.random(len(idx)) < cfg.caption_dropout)[:, None]
+        ids = torch.where(dropped, generator.unconditional(prefix).input_ids, prefix.input_ids)
+        target = codes[torch.from_numpy(idx)]
+        logits = generator.image_logits(TokenConditioning(embed(ids), prefix.mask, ids), target)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    return trainer.run(loss_fn, budget)
+
+
 def train_ar(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: Path, resume: bool,
              budget: list[int] | None = None) -> bool:
-    """The autoregressive transformer on the pool's codes: −Σ_i log p(r_i | r_<i, caption), teacher-forced through
-    the token backend itself (prompt format, padding, code embeddings as sampling sees them); a dropped caption
-    becomes the backend's own unconditional prefix, so guidance samples what training saw."""
+    """The autoregressive transformer on the pool's codes (`_fit_generator`)."""
     from transformers.models.janus.modeling_janus import JanusVQVAE
 
     janus = model.new_janus()
     janus.model.vqmodel.load_state_dict(JanusVQVAE.from_pretrained(run_dir / "vq").state_dict())
     janus.model.vqmodel.requires_grad_(False)
     generator = JanusGenerator(model.assemble_ar(janus))
-    path = run_dir / "codes.safetensors"
-    if not path.exists():
-        with torch.no_grad():
-            codes = torch.cat([generator.image_codes(torch.from_numpy(images[i:i + 512]).float() / 255)
-                               for i in range(0, len(images), 512)])
-        save_tensors({"codes": codes}, path, {})
-    codes = load_tensors(path)[0]["codes"]
+    codes = _pool_codes(generator, images, run_dir / "codes.safetensors")
     trainer = _Trainer("ar", janus, cfg.ar_lr, cfg.ar_steps, cfg.warmup_steps, run_dir, cfg.checkpoint_every,
                        ema_decay=cfg.ema_decay, resume=resume)
+    if not _fit_generator(trainer, generator, codes, cfg, 5, cfg.ar_batch, scenes, characters, budget):
+        return False
+    model.assemble_ar(trainer.trained()).save_pretrained(run_dir / "ar")
+    return True
+
+
+def train_var_vq(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resume: bool,
+                 budget: list[int] | None = None) -> bool:
+    """embedded-var's tokenizer, from embedded-ar's VQ-VAE (its encoder, codebook and decoder; φ starts at zero,
+    so step 0 is that tokenizer with three coarser scales in front): VAR's loss, the reconstruction through the
+    straight-through partial sum plus, averaged over the scales (β = 0.25), ‖f_hat_k − sg(f)‖² + β‖sg(f_hat_k) − f‖²."""
+    vq = model.new_var_vq()
+    vq.vq.load_state_dict(model.load_embedded_ar().model.model.vqmodel.state_dict())
+    trainer = _Trainer("var-vq", vq, cfg.var_vq_lr, cfg.var_vq_steps, 100, run_dir, cfg.checkpoint_every,
+                       resume=resume)
+    beta = 0.25  # VAR's
 
     def loss_fn(step: int) -> torch.Tensor:
-        rng, _ = _step_rng(cfg.seed, 5, step)
-        idx = rng.integers(len(scenes), size=cfg.ar_batch)
-        prefix = generator.encode([captions.training_caption(rng, scenes[i], characters[i]) for i in idx])
-        dropped = torch.from_numpy(rng.random(len(idx)) < cfg.caption_dropout)[:, None]
-        ids = torch.where(dropped, generator.unconditional(prefix).input_ids, prefix.input_ids)
-        cond = TokenConditioning(janus.get_input_embeddings()(ids), prefix.mask, ids)
-        target = codes[torch.from_numpy(idx)]
-        logits = generator.image_logits(cond, target)
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        rng, _ = _step_rng(cfg.seed, 8, step)
+        x = images[torch.from_numpy(rng.integers(len(images), size=cfg.vq_batch))]
+        f = vq.features(x)
+        partial = vq.quantize(f.detach())[1]
+        fit = sum(F.mse_loss(f_hat, f.detach()) + beta * F.mse_loss(f_hat.detach(), f) for f_hat in partial)
+        return F.mse_loss(vq.decode_latents(f + (partial[-1] - f).detach()), x) + fit / len(partial)
 
     if not trainer.run(loss_fn, budget):
         return False
-    model.assemble_ar(trainer.trained()).save_pretrained(run_dir / "ar")
+    trainer.trained().save_pretrained(run_dir / "var" / "vq")
+    return True
+
+
+def train_var(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: Path, resume: bool,
+              budget: list[int] | None = None) -> bool:
+    """embedded-var's block-causal transformer on the pool's multi-scale codes (`_fit_generator`)."""
+    vq = MultiScaleVQ.from_pretrained(run_dir / "var" / "vq").requires_grad_(False).eval()
+    transformer = model.new_var_transformer()
+    generator = VARGenerator(model.assemble_var(transformer, vq))
+    codes = _pool_codes(generator, images, run_dir / "var-codes.safetensors")
+    trainer = _Trainer("var", transformer, cfg.var_lr, cfg.var_steps, cfg.warmup_steps, run_dir,
+                       cfg.checkpoint_every, ema_decay=cfg.ema_decay, resume=resume)
+    if not _fit_generator(trainer, generator, codes, cfg, 9, cfg.var_batch, scenes, characters, budget):
+        return False
+    trainer.trained().save_pretrained(run_dir / "var" / "transformer")
     return True
 
 
@@ -444,7 +501,9 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
     """Train an embedded model into `run_dir`; returns the record. `arch="sd"`: the VAE and the UNet (vae/ and
     unet/ diffusers folders); `arch="flux"`: the FLUX transformer (flux/) on the shipped VAE's latents;
     `arch="ar"`: the VQ-VAE (vq/), the autoregressive model on its codes, then the VQ-VAE's decoder alone
-    (vq-decoder/; the codes unchanged), assembled into ar/ (a JanusImagePipeline folder).
+    (vq-decoder/; the codes unchanged), assembled into ar/ (a JanusImagePipeline folder); `arch="var"`: the
+    multi-scale tokenizer from the installed embedded-ar's VQ-VAE (var/vq), then the next-scale transformer on its
+    codes (var/transformer).
 
     `max_steps` caps the optimisation steps of this call (over both stages), leaving a checkpoint that
     `resume=True` continues from: long training split over several sessions."""
@@ -459,7 +518,7 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
         start = time.time()
         done = fn()
         record["seconds"][stage] = record["seconds"].get(stage, 0.0) + time.time() - start
-        record["complete"] = done and stage in ("unet", "flux", "vq-decoder")
+        record["complete"] = done and stage in ("unet", "flux", "vq-decoder", "var")
         atomic_write_json(record_path, record)
         return done
 
@@ -486,6 +545,15 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
         janus = model.new_janus()
         record["parameters"] = {"vq": model.count_parameters(janus.model.vqmodel),
                                 "ar": model.count_parameters(janus.model.language_model)}
+    elif arch == "var":
+        if not (resume and (run_dir / "var" / "vq" / "config.json").exists()):
+            if not timed("var-vq", lambda: train_var_vq(cfg, _to_unit(images), run_dir, resume, budget)):
+                return record
+        if not (resume and (run_dir / "var" / "transformer" / "config.json").exists()):
+            if not timed("var", lambda: train_var(cfg, images, scenes, characters, run_dir, resume, budget)):
+                return record
+        record["parameters"] = {"vq": model.count_parameters(model.new_var_vq()),
+                                "var": model.count_parameters(model.new_var_transformer())}
     else:
         if not (resume and (run_dir / "vae" / "config.json").exists()):
             if not timed("vae", lambda: train_vae(cfg, _to_unit(images), run_dir, resume, budget)):
@@ -502,16 +570,20 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
 
 def install_weights(run_dir: Path, weights_dir: Path = model.WEIGHTS_DIR, arch: str = "sd") -> None:
     """Copy a finished run's networks into the package, in half precision (safetensors): the VAE and UNet, for
-    `arch="flux"` the transformer, for `arch="ar"` the Janus model (its VQ-VAE inside; the tokenizer is MiniLM's)."""
+    `arch="flux"` the transformer, for `arch="ar"` the Janus model (its VQ-VAE inside; the tokenizer is MiniLM's),
+    for `arch="var"` the multi-scale tokenizer and the next-scale transformer."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import JanusForConditionalGeneration
 
     parts = {"flux": (("flux", FluxTransformer2DModel, "flux"),),
-             "ar": (("ar", JanusForConditionalGeneration, "ar/model"),)}.get(
+             "ar": (("ar", JanusForConditionalGeneration, "ar/model"),),
+             "var": (("var/vq", MultiScaleVQ, "var/vq"),
+                     ("var/transformer", NextScaleTransformer, "var/transformer"))}.get(
         arch, (("vae", AutoencoderKL, "vae"), ("unet", UNet2DConditionModel, "unet")))
     for name, cls, source in parts:
         module = cls.from_pretrained(run_dir / source).to(torch.float16)
         module.save_pretrained(weights_dir / name, safe_serialization=True)
     record = json.loads((run_dir / "train.json").read_text())
-    atomic_write_json(weights_dir / {"flux": "flux-train.json", "ar": "ar-train.json"}.get(arch, "train.json"),
+    atomic_write_json(weights_dir / {"flux": "flux-train.json", "ar": "ar-train.json", "var": "var-train.json"}.get(
+        arch, "train.json"),
                       record)
