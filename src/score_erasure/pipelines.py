@@ -119,14 +119,16 @@ class TokenImagePipeline(DiffusionPipeline):
 class JanusImagePipeline(TokenImagePipeline):
     """A Janus model (`JanusForConditionalGeneration`) and its tokenizer, prompted for images as
     `<bos> template(prompt) <boi>`; `template` is "{prompt}" for a model trained on bare captions (the embedded
-    world's) and the chat turn for Janus-Pro (`from_janus`)."""
+    world's) and the chat turn for Janus-Pro (`from_janus`). `l2_codes`: whether its tokenizer snaps and decodes
+    unit-length code vectors (Janus's own, LlamaGen's `codebook_l2_norm`) or raw ones (embedded-ar's, trained so)."""
 
     token_backend = JanusGenerator  # what draws its images (backends.token_generator_of)
 
     def __init__(self, model, tokenizer, template: str = "{prompt}", bos_token_id: int = 1, boi_token_id: int = 2,
-                 pad_token_id: int = 0):
+                 pad_token_id: int = 0, l2_codes: bool = True):
         super().__init__()
         self._prompted(template, bos_token_id, boi_token_id, pad_token_id, model=model, tokenizer=tokenizer)
+        self.register_to_config(l2_codes=l2_codes)
 
     @classmethod
     def from_janus(cls, name: str, dtype: torch.dtype | None = None) -> JanusImagePipeline:

@@ -165,3 +165,36 @@ def test_expected_latents_of_one_hot_logits_are_the_codes_latents(var):
     codes = torch.randint(0, generator.codebook_size, (2, generator.num_image_tokens))
     one_hot = torch.nn.functional.one_hot(codes, generator.codebook_size).float() * 1e4
     torch.testing.assert_close(generator.expected_latents(one_hot), var.vq.latents(codes).detach())
+
+
+@pytest.mark.parametrize("l2", [True, False])
+def test_janus_codes_are_snapped_and_decoded_with_one_codebook(janus, l2):
+    """Janus's own tokenizer (l2_codes, LlamaGen's codebook_l2_norm) decodes unit-length vectors as transformers
+    does and snaps by cosine; a tokenizer trained on raw vectors (embedded-ar) decodes and snaps those, as
+    transformers' encoder does. Either way an image's codes are those of the nearest decodable vector."""
+    pipe = JanusImagePipeline(janus.model, janus.tokenizer, **{**{k: janus.config[k] for k in (
+        "template", "bos_token_id", "boi_token_id", "pad_token_id")}, "l2_codes": l2})
+    generator, vq = token_generator_of(pipe), janus.model.model.vqmodel
+    codes = torch.randint(generator.codebook_size, (2, generator.num_image_tokens),
+                          generator=torch.Generator().manual_seed(0))
+    norms = generator.codebook.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms)) == l2
+    with torch.no_grad():
+        if l2:
+            transformers_decoded = ((janus.model.decode_image_tokens(codes) + 1) / 2).clamp(0, 1)
+            torch.testing.assert_close(generator.decode(codes), transformers_decoded)
+        images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+        z = vq.quant_conv(vq.encoder(images.permute(0, 3, 1, 2) * 2 - 1)).flatten(2).transpose(1, 2)
+        if l2:
+            z = torch.nn.functional.normalize(z, dim=-1)
+        expected = ((z[:, :, None] - generator.codebook[None, None]) ** 2).sum(-1).argmin(-1)
+        assert torch.equal(generator.image_codes(images), expected)
+        if not l2:
+            assert torch.equal(generator.image_codes(images), vq.encode(images.permute(0, 3, 1, 2) * 2 - 1)
+                               .image_tokens.view(2, -1))
+
+
+def test_next_scale_model_refuses_a_prompt_longer_than_its_positions(var):
+    generator = token_generator_of(var)
+    with pytest.raises(UserError, match="at most 34 tokens"):
+        generator.sample(generator.encode(["a red star " * 12]), [torch.Generator()], guidance=1.0)

@@ -282,15 +282,32 @@ class JanusGenerator(PrefixPrompting):
             positions = positions[:, -1:] + 1
         return codes
 
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The code vectors (V, d) the decoder reads. Janus's tokenizer (LlamaGen's, `codebook_l2_norm`) snaps and
+        decodes unit-length vectors; transformers' decoding normalises but its encoding does not, so both are done
+        here, by the pipeline's `l2_codes` (False for embedded-ar, whose VQ-VAE was trained on raw vectors)."""
+        weight = self.model.model.vqmodel.quantize.embedding.weight
+        return F.normalize(weight, dim=-1) if self.pipe.config.get("l2_codes", True) else weight
+
+    def _grid(self, vectors: torch.Tensor) -> torch.Tensor:
+        side = self.model.model.vqmodel.config.num_patches
+        return vectors.transpose(1, 2).reshape(len(vectors), -1, side, side)
+
     def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
-        vq = self.model.model.vqmodel
-        side = vq.config.num_patches
-        vectors = torch.softmax(logits.float(), -1) @ vq.quantize.embedding.weight.float()  # (B, N, d)
-        return vectors.transpose(1, 2).reshape(len(logits), -1, side, side)
+        return self._grid(torch.softmax(logits.float(), -1) @ self.codebook.float())  # Σ_v p(v) e_v per cell
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return ((self.model.decode_image_tokens(codes).float() + 1) / 2).clamp(0, 1)
+        vq = self.model.model.vqmodel
+        with torch.no_grad():
+            pixels = vq.decoder(vq.post_quant_conv(self._grid(self.codebook[codes])))
+        return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
     def image_codes(self, images: torch.Tensor) -> torch.Tensor:
+        vq = self.model.model.vqmodel
         pixels = (images.permute(0, 3, 1, 2) * 2 - 1).to(self.device, self.model.dtype)
-        return self.model.model.vqmodel.encode(pixels).image_tokens.reshape(len(images), -1)
+        with torch.no_grad():
+            z = vq.quant_conv(vq.encoder(pixels)).flatten(2).transpose(1, 2).float()  # (B, N, d)
+            if self.pipe.config.get("l2_codes", True):
+                z = F.normalize(z, dim=-1)
+            return torch.cdist(z, self.codebook.float()[None]).argmin(-1)

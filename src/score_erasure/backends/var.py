@@ -29,6 +29,7 @@ from transformers.models.janus.configuration_janus import JanusVQVAEConfig
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from score_erasure.backends.tokens import PrefixPrompting, TokenConditioning
+from score_erasure.errors import UserError
 
 
 def _cells(scales: tuple[int, ...]) -> list[int]:
@@ -77,7 +78,7 @@ class MultiScaleVQ(ModelMixin, ConfigMixin):
         for k, s in enumerate(self.config.scales):
             z = F.interpolate(rest, size=(s, s), mode="area") if s < self.side else rest
             flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-            r = torch.cdist(flat, self.codebook).argmin(-1).view(len(f), s * s)
+            r = torch.cdist(flat, self.codebook.detach()).argmin(-1).view(len(f), s * s)  # a choice: no gradient
             term = self.scale_term(k, self.vectors(r))
             f_hat, rest = f_hat + term, rest - term
             codes.append(r)
@@ -189,6 +190,10 @@ class NextScaleTransformer(ModelMixin, ConfigMixin):
     def forward(self, prefix: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L + M, width) of a prefix's embeddings (B, L, width) with mask (B, L) and image input
         tokens (B, M, d)."""
+        longest = int(mask.sum(-1).max())
+        if longest > self.config.max_prompt_tokens:  # learned positions: none beyond those trained
+            raise UserError(f"this next-scale model reads prompts of at most {self.config.max_prompt_tokens} tokens "
+                            f"(its special tokens and any attack slots included); this one has {longest}")
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         x = prefix + self.prompt_positions(positions)
         length, m = prefix.shape[1], 0 if inputs is None else inputs.shape[1]

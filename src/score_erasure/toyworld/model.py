@@ -210,7 +210,8 @@ def ar_tokenizer() -> BertTokenizer:
 def assemble_ar(janus) -> JanusImagePipeline:
     tokenizer = ar_tokenizer()
     pipe = JanusImagePipeline(janus, tokenizer, bos_token_id=tokenizer.cls_token_id,
-                              boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+                              boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
+                              l2_codes=False)  # its VQ-VAE was trained on raw code vectors (toyworld.train)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

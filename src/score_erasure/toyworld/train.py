@@ -373,8 +373,8 @@ def train_vq_decoder(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resu
                      budget: list[int] | None = None) -> bool:
     """The VQ-VAE's decoder (and post-quantisation convolution) trained further on the frozen encoder's codes,
     into vq-decoder/: reconstruction alone, no codebook moves, so every image keeps its codes and the transformer
-    trained on them is unchanged. The joint stage leaves blotched fills and shifted hues that the judge misreads
-    (docs/embedded-model.md); this stage spends steps on the decoder only."""
+    trained on them is unchanged. Added against blotched fills that were later traced to a decoding of unit-length
+    code vectors this VQ-VAE was not trained on (docs/embedded-model.md); kept, since the shipped model has it."""
     from transformers.models.janus.modeling_janus import JanusVQVAE
 
     vq = JanusVQVAE.from_pretrained(run_dir / "vq")
@@ -458,9 +458,9 @@ def train_ar(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: 
 
 def train_var_vq(cfg: TrainConfig, images: torch.Tensor, run_dir: Path, resume: bool,
                  budget: list[int] | None = None) -> bool:
-    """embedded-var's tokenizer, from embedded-ar's VQ-VAE (its encoder, codebook and decoder; φ starts at zero,
-    so step 0 is that tokenizer with three coarser scales in front): VAR's loss, the reconstruction through the
-    straight-through partial sum plus, averaged over the scales (β = 0.25), ‖f_hat_k − sg(f)‖² + β‖sg(f_hat_k) − f‖²."""
+    """embedded-var's tokenizer, from embedded-ar's VQ-VAE (its encoder, codebook and decoder; each φ_k starts at
+    zero, a plain upsampling): VAR's loss, the reconstruction through the straight-through partial sum plus,
+    averaged over the scales (β = 0.25), ‖f_hat_k − sg(f)‖² + β‖sg(f_hat_k) − f‖²."""
     vq = model.new_var_vq()
     vq.vq.load_state_dict(model.load_embedded_ar().model.model.vqmodel.state_dict())
     trainer = _Trainer("var-vq", vq, cfg.var_vq_lr, cfg.var_vq_steps, 100, run_dir, cfg.checkpoint_every,
