@@ -98,3 +98,32 @@ def test_autoregressive_training_resumes_exactly_and_gives_a_loadable_pipeline(t
     assert (tmp_path / "weights" / "ar-train.json").is_file()
     installed = model.load_embedded_ar(tmp_path / "weights")
     assert generate(installed, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)
+
+
+def test_next_scale_training_resumes_exactly_and_installs_a_loadable_model(tmp_path):
+    """The multi-scale tokenizer (from the shipped embedded-ar's VQ-VAE) then the next-scale transformer; a run
+    redone without --resume codes the pool with its own new tokenizer, not the cached codes of the old one."""
+    from score_erasure.generate import generate
+    from score_erasure.io import load_metadata
+    from score_erasure.provenance import hash_directory
+
+    cfg = TINY.model_copy(update={"var_vq_steps": 3, "vq_batch": 2, "var_steps": 4, "var_batch": 2})
+    assert train(tmp_path / "a", cfg, arch="var")["complete"]
+    assert not train(tmp_path / "b", cfg, arch="var", max_steps=5)["complete"]  # stops inside the transformer
+    record = train(tmp_path / "b", cfg, arch="var", resume=True)
+    assert record["complete"] and set(record["seconds"]) >= {"var-vq", "var"}
+    for part in ("var/vq/diffusion_pytorch_model.safetensors", "var/transformer/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / part)), load_file(str(tmp_path / "b" / part))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    codes = tmp_path / "b" / "var-codes.safetensors"
+    first = hash_directory(tmp_path / "b" / "var" / "vq")
+    assert load_metadata(codes)["tokenizer"] == first
+    train(tmp_path / "b", cfg.model_copy(update={"var_vq_lr": 1e-2}), arch="var")  # not resumed: a new tokenizer
+    assert hash_directory(tmp_path / "b" / "var" / "vq") != first
+    assert load_metadata(codes)["tokenizer"] == hash_directory(tmp_path / "b" / "var" / "vq")
+    install_weights(tmp_path / "b", weights_dir=tmp_path / "weights", arch="var")
+    assert (tmp_path / "weights" / "var-train.json").is_file()
+    installed = model.load_embedded_var(tmp_path / "weights")
+    assert generate(installed, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)

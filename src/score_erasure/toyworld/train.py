@@ -25,9 +25,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from score_erasure.backends.flux import FluxDenoiser
 from score_erasure.backends.tokens import JanusGenerator, TokenConditioning
 from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer, VARGenerator
-from score_erasure.io import atomic_write_json, load_tensors, optimizer_tensors, restore_optimizer, save_tensors
+from score_erasure.io import (
+    atomic_write_json,
+    load_metadata,
+    load_tensors,
+    optimizer_tensors,
+    restore_optimizer,
+    save_tensors,
+)
 from score_erasure.progress import progress_bar
-from score_erasure.provenance import provenance
+from score_erasure.provenance import hash_directory, provenance
 from score_erasure.toyworld import captions, model
 
 
@@ -408,13 +415,15 @@ def assemble_ar_run(run_dir: Path) -> None:
     model.assemble_ar(janus).save_pretrained(run_dir / "ar")
 
 
-def _pool_codes(generator, images: np.ndarray, path: Path) -> torch.Tensor:
-    """The codes of every pool image under a generator's tokenizer, computed once per run."""
-    if not path.exists():
+def _pool_codes(generator, images: np.ndarray, path: Path, tokenizer_dir: Path) -> torch.Tensor:
+    """The codes of every pool image under a generator's tokenizer (saved in `tokenizer_dir`), computed once per
+    tokenizer: a run retrained without --resume gets its new tokenizer's codes, not the cached ones."""
+    key = hash_directory(tokenizer_dir)
+    if not path.exists() or load_metadata(path).get("tokenizer") != key:
         with torch.no_grad():
             codes = torch.cat([generator.image_codes(torch.from_numpy(images[i:i + 512]).float() / 255)
                                for i in range(0, len(images), 512)])
-        save_tensors({"codes": codes}, path, {})
+        save_tensors({"codes": codes}, path, {"tokenizer": key})
     return load_tensors(path)[0]["codes"]
 
 
@@ -447,7 +456,7 @@ def train_ar(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir: 
     janus.model.vqmodel.load_state_dict(JanusVQVAE.from_pretrained(run_dir / "vq").state_dict())
     janus.model.vqmodel.requires_grad_(False)
     generator = JanusGenerator(model.assemble_ar(janus))
-    codes = _pool_codes(generator, images, run_dir / "codes.safetensors")
+    codes = _pool_codes(generator, images, run_dir / "codes.safetensors", run_dir / "vq")
     trainer = _Trainer("ar", janus, cfg.ar_lr, cfg.ar_steps, cfg.warmup_steps, run_dir, cfg.checkpoint_every,
                        ema_decay=cfg.ema_decay, resume=resume)
     if not _fit_generator(trainer, generator, codes, cfg, 5, cfg.ar_batch, scenes, characters, budget):
@@ -487,7 +496,7 @@ def train_var(cfg: TrainConfig, images: np.ndarray, scenes, characters, run_dir:
     vq = MultiScaleVQ.from_pretrained(run_dir / "var" / "vq").requires_grad_(False).eval()
     transformer = model.new_var_transformer()
     generator = VARGenerator(model.assemble_var(transformer, vq))
-    codes = _pool_codes(generator, images, run_dir / "var-codes.safetensors")
+    codes = _pool_codes(generator, images, run_dir / "var-codes.safetensors", run_dir / "var" / "vq")
     trainer = _Trainer("var", transformer, cfg.var_lr, cfg.var_steps, cfg.warmup_steps, run_dir,
                        cfg.checkpoint_every, ema_decay=cfg.ema_decay, resume=resume)
     if not _fit_generator(trainer, generator, codes, cfg, 9, cfg.var_batch, scenes, characters, budget):
