@@ -29,7 +29,7 @@ from score_erasure.delta import ErasureDelta
 from score_erasure.errors import UserError
 from score_erasure.methods import hook_restorers
 from score_erasure.options import DTYPES, OPTIONS
-from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
+from score_erasure.pipelines import Emu3ImagePipeline, JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
 from score_erasure.provenance import hash_directory, hash_files
 from score_erasure.spec import ConceptSpec, combine_specs
 from score_erasure.toyworld import model as world_model
@@ -127,8 +127,9 @@ class ModelRef:
 
     def _from_folder(self, dtype: torch.dtype) -> DiffusionPipeline:
         index = self.path / "model_index.json"
-        if not index.is_file() and _is_janus_checkpoint(self.path / "config.json"):
-            return JanusImagePipeline.from_janus(str(self.path), dtype)
+        loader = None if index.is_file() else _token_checkpoint_loader(self.path / "config.json")
+        if loader is not None:
+            return loader(str(self.path), dtype)
         if not index.is_file():
             raise UserError(f"'{self.name}' is not a diffusers model directory (no model_index.json); "
                             "pass a folder written by save_pretrained, a hub id, or 'embedded'")
@@ -136,7 +137,7 @@ class ModelRef:
             name = json.loads(index.read_text()).get("_class_name")
         except (OSError, ValueError):
             name = None  # let diffusers report the damage
-        own = (SingleEncoderFluxPipeline, JanusImagePipeline, VARImagePipeline)
+        own = (SingleEncoderFluxPipeline, JanusImagePipeline, VARImagePipeline, Emu3ImagePipeline)
         cls = {c.__name__: c for c in own}.get(name, DiffusionPipeline)
         try:
             return cls.from_pretrained(self.path, dtype=dtype, use_safetensors=True)  # never unpickle weights
@@ -147,8 +148,9 @@ class ModelRef:
 
     def _from_hub(self, dtype: torch.dtype) -> DiffusionPipeline:
         try:
-            if _is_janus_checkpoint(self.name):
-                return JanusImagePipeline.from_janus(self.name, dtype)
+            loader = _token_checkpoint_loader(self.name)
+            if loader is not None:
+                return loader(self.name, dtype)
             return DiffusionPipeline.from_pretrained(self.name, dtype=dtype)
         except Exception as exc:
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
@@ -178,14 +180,16 @@ class ModelRef:
         return world_specs.compositional_prompts(concept) if self.world else []
 
 
-def _is_janus_checkpoint(config: Path | str) -> bool:
-    """A transformers Janus checkpoint (Janus-Pro): its config.json, a file or a hub id's cached or downloaded one."""
+def _token_checkpoint_loader(config: Path | str):
+    """The pipeline constructor of a transformers checkpoint of an autoregressive family the token backend drives
+    (Janus-Pro, Emu3), from its config.json (a file, or a hub id's cached or downloaded one); None for any other."""
     try:
         if isinstance(config, str):
             config = Path(hf_hub_download(config, "config.json"))
-        return json.loads(config.read_text()).get("model_type") == "janus"
-    except Exception:  # no such file, not JSON, not on the hub: not a Janus checkpoint
-        return False
+        model_type = json.loads(config.read_text()).get("model_type")
+    except Exception:  # no such file, not JSON, not on the hub: not such a checkpoint
+        return None
+    return {"janus": JanusImagePipeline.from_janus, "emu3": Emu3ImagePipeline.from_emu3}.get(model_type)
 
 
 def _looks_like_path(name: str) -> bool:

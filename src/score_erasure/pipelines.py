@@ -9,7 +9,8 @@ Saved folders record this class in model_index.json; the model resolver (`models
 
 `JanusImagePipeline`: an autoregressive generator of transformers' Janus family (Janus, Janus-Pro) as a
 diffusers pipeline, so that generation, the image cache, deltas and saved folders treat it as any other model;
-what it draws comes from the token backend (`backends.tokens.JanusGenerator`).
+what it draws comes from the token backend (`backends.tokens.JanusGenerator`). `VARImagePipeline` and
+`Emu3ImagePipeline` do the same for the next-scale generator of `backends.var` and for transformers' Emu3.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from score_erasure.backends.base import masked_mean
+from score_erasure.backends.emu3 import Emu3Generator
 from score_erasure.backends.tokens import JanusGenerator, TokenConditioning
 from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer, VARGenerator
 
@@ -171,4 +173,41 @@ class VARImagePipeline(TokenImagePipeline):
     def image_size(self) -> tuple[int, int]:
         vq = self.vq.config.vq_config
         side = self.vq.side * 2 ** (len(vq["channel_multiplier"]) - 1)
+        return side, side
+
+
+class Emu3ImagePipeline(TokenImagePipeline):
+    """An Emu3 model (`Emu3ForConditionalGeneration`) and its tokenizer, prompted for a `grid_size`² grid of codes
+    as `<bos> prompt <|image start|>{grid}*{grid} <|image token|>`, as Emu3's processor prompts it."""
+
+    token_backend = Emu3Generator
+
+    def __init__(self, model, tokenizer, template: str = "{prompt}", bos_token_id: int = 1, boi_token_id: int = 2,
+                 pad_token_id: int = 0, grid_size: int = 8):
+        super().__init__()
+        self._prompted(template, bos_token_id, boi_token_id, pad_token_id, model=model, tokenizer=tokenizer)
+        self.register_to_config(grid_size=grid_size)
+
+    @classmethod
+    def from_emu3(cls, name: str, dtype: torch.dtype | None = None, image_size: int = 720) -> Emu3ImagePipeline:
+        """A transformers Emu3 checkpoint (hub id or folder), drawing square images of `image_size` pixels (Emu3's
+        processor's default area is 720²)."""
+        from transformers import AutoTokenizer, Emu3ForConditionalGeneration
+
+        model = Emu3ForConditionalGeneration.from_pretrained(name, dtype=dtype, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        return cls.for_model(model.eval(), tokenizer, image_size)
+
+    @classmethod
+    def for_model(cls, model, tokenizer, image_size: int) -> Emu3ImagePipeline:
+        """The pipeline of a loaded model and tokenizer; the special words are Emu3's."""
+        grid = image_size // model.model.vqmodel.spatial_scale_factor
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(model, tokenizer, "{prompt}<|image start|>" + f"{grid}*{grid}", bos_token_id=bos,
+                   boi_token_id=tokenizer.get_vocab()["<|image token|>"], pad_token_id=pad, grid_size=grid)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        side = self.config.grid_size * self.model.model.vqmodel.spatial_scale_factor
         return side, side

@@ -16,7 +16,7 @@ from score_erasure.backends.var import MultiScaleVQ, NextScaleTransformer
 from score_erasure.delta import editable_parameters
 from score_erasure.evaluation.protocol import packaged_path
 from score_erasure.methods import METHODS
-from score_erasure.pipelines import JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
+from score_erasure.pipelines import Emu3ImagePipeline, JanusImagePipeline, SingleEncoderFluxPipeline, VARImagePipeline
 from score_erasure.toyworld.model import minilm_path
 
 
@@ -156,6 +156,32 @@ def tiny_janus_pipeline(seed: int = 0) -> JanusImagePipeline:
     model = JanusForConditionalGeneration(config).eval()
     pipe = JanusImagePipeline(model, tokenizer, bos_token_id=tokenizer.cls_token_id,
                               boi_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_emu3_pipeline(seed: int = 0) -> Emu3ImagePipeline:
+    """An Emu3ImagePipeline at toy scale: a 2-layer Emu3 language model of width 64 over the MiniLM word pieces
+    (offline) plus Emu3's special words (64 visual words, end of line, image start, image token), an 8x8 grid of
+    a 64-code book, Emu3's VQ-VAE decoding it to 32x32 images; about 5M parameters. [CLS] stands in for BOS."""
+    from transformers import BertTokenizer, Emu3Config, Emu3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer.from_pretrained(minilm_path(), model_max_length=32)
+    visual = [f"<|visual token {i:06d}|>" for i in range(64)]
+    tokenizer.add_special_tokens({"additional_special_tokens": [*visual, "<|extra_200|>", "<|image start|>",
+                                                                "<|image token|>"]})
+    vocab = tokenizer.get_vocab()
+    config = Emu3Config(
+        vq_config={"codebook_size": 64, "embed_dim": 8, "latent_channels": 8, "base_channels": 32,
+                   "channel_multiplier": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                   "temporal_downsample_factor": 4, "hidden_size": 64},
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 4, "vocab_size": len(tokenizer), "max_position_embeddings": 256,
+                     "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
+                     "eos_token_id": tokenizer.sep_token_id},
+        vocabulary_map={word: vocab[word] for word in [*visual, "<|extra_200|>"]})
+    pipe = Emu3ImagePipeline.for_model(Emu3ForConditionalGeneration(config).eval(), tokenizer, image_size=32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

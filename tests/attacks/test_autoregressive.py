@@ -16,15 +16,16 @@ from score_erasure.evaluation.cache import ImageCache
 from score_erasure.generate import generate
 from score_erasure.jobs.attack import Subject, attack_pipeline
 from score_erasure.prompting.optimise import CodeBatch, denoising_loss
-from score_erasure.prompting.tokens import exact_text, token_prompt
+from score_erasure.prompting.tokens import exact_text, prompt_text, token_prompt
 from score_erasure.testing import FAST_ATTACK_CONFIGS as FAST
-from score_erasure.testing import run_cli, tiny_janus_pipeline, tiny_var_pipeline
+from score_erasure.testing import run_cli, tiny_emu3_pipeline, tiny_janus_pipeline, tiny_var_pipeline
 
 BUDGET_LENGTH = {"unlearndiff": "iterations", "p4d": "iterations", "inversion": "iterations",
                  "inversion-word": "iterations", "ring-a-bell": "generations"}
 
 
-@pytest.fixture(scope="module", params=[tiny_janus_pipeline, tiny_var_pipeline], ids=["janus", "var"])
+@pytest.fixture(scope="module", params=[tiny_janus_pipeline, tiny_var_pipeline, tiny_emu3_pipeline],
+                ids=["janus", "var", "emu3"])
 def pipes(request):
     return request.param(0), request.param(1)
 
@@ -44,7 +45,7 @@ def test_a_prompt_without_slots_is_the_generators_own_prefix(actx):
     assert torch.equal(tokens.ids, own.input_ids) and torch.equal(tokens.mask, own.mask)
     with torch.no_grad():
         assert torch.equal(tokens.condition(g).embeds, own.embeds)
-    assert exact_text(g, tokens) and tokens.text(g.tokenizer) == "a picture of a star"
+    assert exact_text(g, tokens) and prompt_text(g, tokens) == "a picture of a star"
     slotted = token_prompt(g, [2, "a star"])
     assert slotted.slots.tolist() == [1, 2]  # after [BOS]
     vectors = torch.randn(2, own.embeds.shape[-1])

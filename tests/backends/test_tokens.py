@@ -15,7 +15,13 @@ from score_erasure.errors import UserError
 from score_erasure.generate import generate
 from score_erasure.models import resolve_model
 from score_erasure.pipelines import JanusImagePipeline, VARImagePipeline
-from score_erasure.testing import run_cli, small_protocol_data, tiny_janus_pipeline, tiny_var_pipeline
+from score_erasure.testing import (
+    run_cli,
+    small_protocol_data,
+    tiny_emu3_pipeline,
+    tiny_janus_pipeline,
+    tiny_var_pipeline,
+)
 
 PROMPTS = ["a star", "a striped red star on a blue ground"]  # different lengths: the shorter one is left-padded
 
@@ -30,7 +36,12 @@ def var():
     return tiny_var_pipeline(0)
 
 
-@pytest.fixture(scope="module", params=["janus", "var"])
+@pytest.fixture(scope="module")
+def emu3():
+    return tiny_emu3_pipeline(0)
+
+
+@pytest.fixture(scope="module", params=["janus", "var", "emu3"])
 def token_pipe(request):
     return request.getfixturevalue(request.param)
 
@@ -128,6 +139,38 @@ def test_a_saved_next_scale_pipeline_loads_by_name_and_draws_the_same(var, tmp_p
                            "-n", "2", "--out", tmp_path / "out")
     assert code == 0, err
     assert len(list((tmp_path / "out").rglob("seed*.png"))) == 2
+
+
+def test_emu3_saved_pipelines_and_checkpoints_load_and_draw_the_same(emu3, tmp_path):
+    """A saved Emu3ImagePipeline by name; a transformers Emu3 checkpoint (model and tokenizer, as Emu3 is
+    published) is recognised by its config and drawn at a given size."""
+    from score_erasure.models import _token_checkpoint_loader
+    from score_erasure.pipelines import Emu3ImagePipeline
+
+    reference = generate(emu3, PROMPTS[:1], [0], show_progress=False)
+    emu3.save_pretrained(tmp_path / "pipe")
+    checkpoint = tmp_path / "checkpoint"
+    emu3.model.save_pretrained(checkpoint)
+    emu3.tokenizer.save_pretrained(checkpoint)
+    assert _token_checkpoint_loader(checkpoint / "config.json") == Emu3ImagePipeline.from_emu3
+    for pipe in (resolve_model(str(tmp_path / "pipe")).load(), Emu3ImagePipeline.from_emu3(str(checkpoint), None, 32)):
+        assert isinstance(pipe, Emu3ImagePipeline) and pipe.config.grid_size == 8
+        assert np.array_equal(generate(pipe, PROMPTS[:1], [0], show_progress=False), reference)
+
+
+def test_emu3_writes_codes_as_visual_words_with_an_end_of_line_after_each_row(emu3):
+    generator = token_generator_of(emu3)
+    codes = torch.arange(64).view(1, 64)
+    sequence = generator.sequence(codes)
+    mapping = emu3.model.model.vocabulary_mapping
+    assert sequence.shape == (1, 8 * 9)
+    assert (sequence.view(8, 9)[:, -1] == mapping.eol_token_id).all()
+    assert torch.equal(sequence[:, generator.code_slots()], mapping.img2bpe_mapping_tensor.long()[codes])
+    cond = generator.encode(["a red star"])
+    uncond = generator.unconditional(cond)
+    words = emu3.tokenizer.convert_ids_to_tokens(uncond.input_ids[0].tolist())
+    assert words[0] == "[CLS]" and words[-1] == "<|image token|>" and "<|image start|>" in words
+    assert "red" not in words and "star" not in words and "[PAD]" in words  # the caption's words alone padded
 
 
 def test_the_residual_quantiser_sums_its_scales_and_feeds_each_the_ones_before(var):

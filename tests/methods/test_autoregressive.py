@@ -16,7 +16,7 @@ from score_erasure.methods.esd_tokens import negative_guidance
 from score_erasure.methods.s_vare import filtered_cross_entropy, preservation
 from score_erasure.methods.vce import dpo_loss
 from score_erasure.spec import ConceptSpec
-from score_erasure.testing import run_cli, snapshot_changes, tiny_janus_pipeline, tiny_var_pipeline
+from score_erasure.testing import run_cli, snapshot_changes, tiny_emu3_pipeline, tiny_janus_pipeline, tiny_var_pipeline
 
 SPEC = ConceptSpec(concepts=["star"], target_prompts=["a star", "a red star"],
                    anchor_prompts=["a shape", "a red shape"])
@@ -66,7 +66,7 @@ RUNS = {"s-vare": ("fce", {"batch": 4, "sequences_per_prompt": 4}),
         "score-ar": ("erase", {"d_pretrain": 2, "sequences_per_prompt": 2})}
 
 
-@pytest.mark.parametrize("family", [tiny_janus_pipeline, tiny_var_pipeline])
+@pytest.mark.parametrize("family", [tiny_janus_pipeline, tiny_var_pipeline, tiny_emu3_pipeline])
 @pytest.mark.parametrize("name", list(RUNS))
 def test_a_run_lowers_its_objective_and_changes_only_attention_and_ffn(name, family):
     generator, method = token_generator_of(family(0)), get_method(name)

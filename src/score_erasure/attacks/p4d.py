@@ -20,7 +20,15 @@ from pydantic import Field
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, best_tokens, concept_latents
 from score_erasure.prompting.optimise import draw_batch, generator
-from score_erasure.prompting.tokens import TokenPrompt, Vocabulary, exact_text, table, text_ids, token_prompt
+from score_erasure.prompting.tokens import (
+    TokenPrompt,
+    Vocabulary,
+    exact_text,
+    prompt_text,
+    table,
+    text_ids,
+    token_prompt,
+)
 
 
 class P4DConfig(AttackConfig):
@@ -84,4 +92,4 @@ def p4d(ctx: AttackContext, prompt: str, index: int, cfg: P4DConfig) -> FoundPro
             candidates.append(vocab.nearest(P_cont))
     token_ids, _ = best_tokens(candidates, lambda ids: loss(P_star.with_tokens(ids), None, fixed, fixed_reference))
     found = P_star.with_tokens(token_ids)
-    return FoundPrompt(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return FoundPrompt(found, prompt_text(d, found), exact_text=exact_text(d, found), trace=trace)

@@ -19,7 +19,7 @@ from pydantic import Field
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt
 from score_erasure.backends.tokens import TokenGenerator
 from score_erasure.prompting.optimise import generator
-from score_erasure.prompting.tokens import Vocabulary, exact_text, table, token_prompt
+from score_erasure.prompting.tokens import Vocabulary, exact_text, prompt_text, table, token_prompt
 
 
 class RingABellConfig(AttackConfig):
@@ -95,4 +95,4 @@ def ring_a_bell(ctx: AttackContext, prompt: str, index: int, cfg: RingABellConfi
             population = torch.cat([population, children])
             distance = torch.cat([distance, _distance(d, P_tilde, children, target)])
     found = P_tilde.with_tokens(population[0])
-    return FoundPrompt(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return FoundPrompt(found, prompt_text(d, found), exact_text=exact_text(d, found), trace=trace)

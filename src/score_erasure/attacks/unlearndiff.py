@@ -19,7 +19,7 @@ from pydantic import Field
 
 from score_erasure.attacks.base import AttackConfig, AttackContext, FoundPrompt, best_tokens, concept_latents
 from score_erasure.prompting.optimise import denoising_loss, draw_batch, generator
-from score_erasure.prompting.tokens import Vocabulary, exact_text, token_prompt
+from score_erasure.prompting.tokens import Vocabulary, exact_text, prompt_text, token_prompt
 
 
 class UnlearnDiffConfig(AttackConfig):
@@ -90,4 +90,4 @@ def unlearndiff(ctx: AttackContext, prompt: str, index: int, cfg: UnlearnDiffCon
             candidates.append(vocab.ids[u.detach().argmax(-1)])
     token_ids, _ = best_tokens(candidates, fixed_loss)
     found = base_prompt.with_tokens(token_ids)
-    return FoundPrompt(found, found.text(d.tokenizer), exact_text=exact_text(d, found), trace=trace)
+    return FoundPrompt(found, prompt_text(d, found), exact_text=exact_text(d, found), trace=trace)

@@ -27,7 +27,8 @@ def denoiser_for(pipe) -> Denoiser:
         raise UserError(f"{type(pipe).__name__} draws images as tokens, not by denoising; this command or method "
                         "supports diffusion models only so far")
     raise UserError(f"no erasure backend for {type(pipe).__name__} yet; supported: StableDiffusionPipeline, "
-                    "StableDiffusionXLPipeline, FluxPipeline, JanusImagePipeline")
+                    "StableDiffusionXLPipeline, FluxPipeline, and the token pipelines JanusImagePipeline, "
+                    "VARImagePipeline and Emu3ImagePipeline")
 
 
 def token_generator_of(pipe) -> TokenGenerator | None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOKEN_FAMILIES = ("janus", "var")
+TOKEN_FAMILIES = ("janus", "var", "emu3")
 TOKEN_PARAMETER_GROUPS = ("attention", "ffn", "attention+ffn", "full")
 
 
@@ -217,48 +217,55 @@ class PrefixPrompting(TokenGenerator):
         return TokenConditioning(embeds, cond.mask, input_ids)
 
 
-class JanusGenerator(PrefixPrompting):
-    """transformers' Janus classes (Janus, Janus-Pro): a Llama language model reads the prompt, a generation head
-    gives the image-code logits, the generation embeddings feed each drawn code back in, and a VQ-VAE decodes."""
-
-    family = "janus"
-    network_attr = "model"  # the pipeline attribute a delta's tensors are named under
-    ATTENTION = r"language_model\.layers\.\d+\.self_attn\."
-    FFN = r"language_model\.layers\.\d+\.mlp\."
-
-    @property
-    def model(self):
-        return self.network
+class LanguageModelGenerator(PrefixPrompting):
+    """A decoder-only language model that writes an image as a sequence after its prompt, one token at a time
+    with a KV cache: the sequence holds the codes, and may hold fixed tokens between them (Emu3's end of row).
+    Subclasses say where the language model and its code head are and how codes become sequence tokens."""
 
     @property
     def network(self) -> nn.Module:
         return self._frozen if self._frozen is not None else self.pipe.model
 
     @property
-    def num_image_tokens(self) -> int:
-        return self.model.model.vqmodel.config.num_patches ** 2  # the decoder's square grid
+    def model(self):
+        return self.network
 
     @property
-    def codebook_size(self) -> int:
-        return self.model.model.vqmodel.config.num_embeddings
+    @abstractmethod
+    def language_model(self) -> nn.Module:
+        """The transformer over prompt and image tokens (input embeddings in, hidden states out)."""
+
+    @abstractmethod
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Code logits (..., codebook) from hidden states that predict a code."""
+
+    @abstractmethod
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of sequence tokens (B, T) (`sequence`'s ids)."""
+
+    def sequence(self, codes: torch.Tensor) -> torch.Tensor:
+        """The sequence tokens (B, T) of codes (B, N): the codes themselves unless a subclass lays them out."""
+        return codes
+
+    def code_slots(self) -> torch.Tensor:
+        """(T,) bool: which sequence positions hold a code (the others hold `sequence`'s fixed tokens)."""
+        return torch.ones(self.num_image_tokens, dtype=torch.bool)
 
     def prompt_state(self, cond: TokenConditioning) -> torch.Tensor:
         positions = (cond.mask.cumsum(-1) - 1).clamp(min=0)
         return self._run(cond.embeds, cond.mask, positions)[:, -1:]
 
-    def _code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.model.prepare_embeddings_for_image_generation(codes)
-
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache=None):
-        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                              cache=cache, use_cache=cache is not None)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                                  use_cache=cache is not None)
         return out.last_hidden_state
 
     def image_logits(self, cond: TokenConditioning, codes: torch.Tensor) -> torch.Tensor:
-        embeds = torch.cat([cond.embeds, self._code_embeddings(codes[:, :-1]).to(cond.embeds.dtype)], 1)
-        mask = torch.cat([cond.mask, torch.ones_like(codes[:, :-1])], 1)
+        tokens = self.sequence(codes)[:, :-1]
+        embeds = torch.cat([cond.embeds, self.token_embeddings(tokens).to(cond.embeds.dtype)], 1)
+        mask = torch.cat([cond.mask, torch.ones_like(tokens)], 1)
         hidden = self._run(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
-        return self.model.model.generation_head(hidden[:, cond.embeds.shape[1] - 1:])
+        return self.code_logits(hidden[:, cond.embeds.shape[1] - 1:][:, self.code_slots().to(hidden.device)])
 
     @torch.no_grad()
     def sample(self, cond: TokenConditioning, generators: list[torch.Generator], guidance: float = 5.0,
@@ -268,19 +275,55 @@ class JanusGenerator(PrefixPrompting):
         both = self.unconditional(cond)
         embeds, mask = torch.cat([cond.embeds, both.embeds]), torch.cat([cond.mask, both.mask])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache, n = DynamicCache(), len(cond)
+        cache, n, slots = DynamicCache(), len(cond), self.code_slots().tolist()
         codes = torch.zeros(n, self.num_image_tokens, dtype=torch.long, device=self.device)
-        for i in range(self.num_image_tokens):
+        fixed = self.sequence(codes)  # the fixed tokens in their places (the codes' places are overwritten)
+        drawn_so_far = 0
+        for j, is_code in enumerate(slots):
             hidden = self._run(embeds, mask, positions, cache)[:, -1]
-            logits = self.model.model.generation_head(hidden).float()
-            logits = logits[n:] + guidance * (logits[:n] - logits[n:])  # classifier-free guidance on the logits
-            probs = torch.softmax(logits / max(temperature, 1e-6), -1).cpu()
-            drawn = [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
-            codes[:, i] = torch.stack(drawn)
-            embeds = self._code_embeddings(torch.cat([codes[:, i], codes[:, i]]).unsqueeze(-1)).to(embeds.dtype)
+            token = fixed[:, j]
+            if is_code:
+                logits = self.code_logits(hidden).float()
+                logits = logits[n:] + guidance * (logits[:n] - logits[n:])  # classifier-free guidance on the logits
+                probs = torch.softmax(logits / max(temperature, 1e-6), -1).cpu()
+                drawn = [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
+                codes[:, drawn_so_far] = torch.stack(drawn)
+                token = self.sequence(codes)[:, j]
+                drawn_so_far += 1
+            if j + 1 == len(slots):
+                break
+            embeds = self.token_embeddings(torch.cat([token, token]).unsqueeze(-1)).to(embeds.dtype)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             positions = positions[:, -1:] + 1
         return codes
+
+
+class JanusGenerator(LanguageModelGenerator):
+    """transformers' Janus classes (Janus, Janus-Pro): a Llama language model reads the prompt, a generation head
+    gives the image-code logits, the generation embeddings feed each drawn code back in, and a VQ-VAE decodes."""
+
+    family = "janus"
+    network_attr = "model"  # the pipeline attribute a delta's tensors are named under
+    ATTENTION = r"language_model\.layers\.\d+\.self_attn\."
+    FFN = r"language_model\.layers\.\d+\.mlp\."
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.model.generation_head(hidden)
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_embeddings_for_image_generation(tokens)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.model.model.vqmodel.config.num_patches ** 2  # the decoder's square grid
+
+    @property
+    def codebook_size(self) -> int:
+        return self.model.model.vqmodel.config.num_embeddings
 
     @property
     def codebook(self) -> torch.Tensor:

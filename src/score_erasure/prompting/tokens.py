@@ -140,11 +140,22 @@ class Vocabulary:
         return self.ids[(F.normalize(vectors.detach(), dim=-1) @ self._unit.T).argmax(-1)]
 
 
+def prompt_text(denoiser, prompt: TokenPrompt) -> str:
+    """What a user would type to give `prompt`: its text, without a token generator's frame (the template and
+    special words that `encode` puts around every prompt; Emu3's grid size, say, is text)."""
+    if not isinstance(denoiser, TokenGenerator):
+        return prompt.text(denoiser.tokenizer)
+    ids, head = denoiser.frame([])
+    real = prompt.ids[0, prompt.mask[0].bool()]
+    body = real[head:len(real) - (len(ids) - head)]
+    return denoiser.tokenizer.decode(body.tolist(), skip_special_tokens=True).strip()
+
+
 def exact_text(denoiser, prompt: TokenPrompt) -> bool:
     """Whether the decoded text tokenises back to the same ids (so the text alone reproduces the attack)."""
     tokenizer = denoiser.tokenizer
     if isinstance(denoiser, TokenGenerator):
-        return bool(torch.equal(denoiser.encode([prompt.text(tokenizer)]).input_ids, prompt.ids))
+        return bool(torch.equal(denoiser.encode([prompt_text(denoiser, prompt)]).input_ids, prompt.ids))
     again = tokenizer(prompt.text(tokenizer), padding="max_length", max_length=tokenizer.model_max_length,
                       truncation=True, return_tensors="pt").input_ids
     return bool(torch.equal(again, prompt.ids))
