@@ -56,8 +56,11 @@ class Emu3Generator(LanguageModelGenerator):
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.network.get_input_embeddings()(tokens)
 
+    def code_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.visual_words[codes]
+
     def sequence(self, codes: torch.Tensor) -> torch.Tensor:
-        rows = self.visual_words[codes].view(len(codes), self.side, self.side)
+        rows = self.code_tokens(codes).view(len(codes), self.side, self.side)
         eol = torch.full_like(rows[:, :, :1], self.model.model.vocabulary_mapping.eol_token_id)
         return torch.cat([rows, eol], -1).flatten(1)
 
@@ -78,11 +81,9 @@ class Emu3Generator(LanguageModelGenerator):
             embeds = self.network.get_input_embeddings()(input_ids).to(cond.embeds.dtype)
         return TokenConditioning(embeds, cond.mask, input_ids)
 
-    def _grid(self, vectors: torch.Tensor) -> torch.Tensor:
-        return vectors.transpose(1, 2).reshape(len(vectors), -1, self.side, self.side)
-
-    def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
-        return self._grid(torch.softmax(logits.float(), -1) @ self.vq.quantize.embedding.weight.float())
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.vq.quantize.embedding.weight  # raw vectors: Emu3's quantiser does not normalise
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

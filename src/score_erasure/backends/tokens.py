@@ -243,9 +243,29 @@ class LanguageModelGenerator(PrefixPrompting):
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Input embeddings of sequence tokens (B, T) (`sequence`'s ids)."""
 
-    def sequence(self, codes: torch.Tensor) -> torch.Tensor:
-        """The sequence tokens (B, T) of codes (B, N): the codes themselves unless a subclass lays them out."""
+    def code_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """The sequence token of each code (any shape): the code itself unless the codes are words (Emu3)."""
         return codes
+
+    def sequence(self, codes: torch.Tensor) -> torch.Tensor:
+        """The sequence tokens (B, T) of codes (B, N): their tokens, unless a subclass lays them out."""
+        return self.code_tokens(codes)
+
+    @property
+    @abstractmethod
+    def side(self) -> int:
+        """The code grid's side."""
+
+    @property
+    @abstractmethod
+    def codebook(self) -> torch.Tensor:
+        """The code vectors (V, d) the decoder reads."""
+
+    def _grid(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors.transpose(1, 2).reshape(len(vectors), -1, self.side, self.side)
+
+    def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
+        return self._grid(torch.softmax(logits.float(), -1) @ self.codebook.float())  # Σ_v p(v) e_v per cell
 
     def code_slots(self) -> torch.Tensor:
         """(T,) bool: which sequence positions hold a code (the others hold `sequence`'s fixed tokens)."""
@@ -288,7 +308,7 @@ class LanguageModelGenerator(PrefixPrompting):
                 probs = torch.softmax(logits / max(temperature, 1e-6), -1).cpu()
                 drawn = [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
                 codes[:, drawn_so_far] = torch.stack(drawn)
-                token = self.sequence(codes)[:, j]
+                token = self.code_tokens(codes[:, drawn_so_far])
                 drawn_so_far += 1
             if j + 1 == len(slots):
                 break
@@ -319,7 +339,7 @@ class JanusGenerator(LanguageModelGenerator):
 
     @property
     def num_image_tokens(self) -> int:
-        return self.model.model.vqmodel.config.num_patches ** 2  # the decoder's square grid
+        return self.side ** 2  # the decoder's square grid
 
     @property
     def codebook_size(self) -> int:
@@ -333,12 +353,9 @@ class JanusGenerator(LanguageModelGenerator):
         weight = self.model.model.vqmodel.quantize.embedding.weight
         return F.normalize(weight, dim=-1) if self.pipe.config.get("l2_codes", True) else weight
 
-    def _grid(self, vectors: torch.Tensor) -> torch.Tensor:
-        side = self.model.model.vqmodel.config.num_patches
-        return vectors.transpose(1, 2).reshape(len(vectors), -1, side, side)
-
-    def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
-        return self._grid(torch.softmax(logits.float(), -1) @ self.codebook.float())  # Σ_v p(v) e_v per cell
+    @property
+    def side(self) -> int:
+        return self.model.model.vqmodel.config.num_patches
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         vq = self.model.model.vqmodel
