@@ -120,8 +120,10 @@ class _Trainer:
         self.path = run_dir / f"{name}-checkpoint.safetensors"
         self.opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0, fused=True)
         self.sched = get_cosine_schedule_with_warmup(self.opt, warmup, steps)
-        average = _ema_warmup_fn(ema_decay) if ema_warmup else get_ema_multi_avg_fn(ema_decay)
-        self.ema = AveragedModel(module, multi_avg_fn=average, use_buffers=True) if ema_decay else None
+        self.ema = None
+        if ema_decay:
+            average = _ema_warmup_fn(ema_decay) if ema_warmup else get_ema_multi_avg_fn(ema_decay)
+            self.ema = AveragedModel(module, multi_avg_fn=average, use_buffers=True)
         self.start = 0
         self.log = (run_dir / f"{name}-log.jsonl").open("a")
         if resume:
