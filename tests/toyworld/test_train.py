@@ -1,5 +1,6 @@
 """Training is seeded and resumable: a run split by a step budget ends where a straight run ends."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -127,3 +128,30 @@ def test_next_scale_training_resumes_exactly_and_installs_a_loadable_model(tmp_p
     assert (tmp_path / "weights" / "var-train.json").is_file()
     installed = model.load_embedded_var(tmp_path / "weights")
     assert generate(installed, ["a red star"], [0], show_progress=False).shape == (1, 1, 32, 32, 3)
+
+
+def test_ema_warmup_forgets_the_initialisation_that_a_flat_decay_keeps():
+    """embedded-var's EMA: after n updates the decay is min(0.999, (1+n)/(10+n)), so the random start's share of
+    the average after 3,000 steps is the product of those decays (about 2e-25) where a flat 0.999 keeps 5%."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from score_erasure.toyworld.train import _ema_warmup_fn
+
+    def start_share(fn, steps):
+        net = torch.nn.Linear(1, 1, bias=False).double()
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+        ema = AveragedModel(net, multi_avg_fn=fn, use_buffers=True)
+        ema.update_parameters(net)  # the first update copies the start
+        with torch.no_grad():
+            net.weight.fill_(0.0)
+        for _ in range(steps - 1):
+            ema.update_parameters(net)
+        return ema.module.weight.item()
+
+    expected = 1.0
+    for n in range(1, 3000):
+        expected *= min(0.999, (1 + n) / (10 + n))
+    assert start_share(_ema_warmup_fn(0.999), 3000) == pytest.approx(expected, rel=1e-9)
+    assert expected < 1e-20
+    assert start_share(get_ema_multi_avg_fn(0.999), 3000) == pytest.approx(0.999 ** 2999, rel=1e-9)
