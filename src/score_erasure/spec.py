@@ -42,6 +42,10 @@ class ConceptSpec(BaseModel):
         if len(self.anchor_prompts) != len(self.target_prompts):
             raise ValueError("anchor_prompts must match target_prompts one to one")
 
+    def pairs(self, repeat: int = 1) -> list[tuple[str, str]]:
+        """(target, anchor) pairs in order, each `repeat` times in a row."""
+        return [(t, a) for t, a in zip(self.target_prompts, self.anchor_prompts, strict=True) for _ in range(repeat)]
+
     def names(self) -> list[str]:
         """The words that name this spec's concepts."""
         return list(dict.fromkeys([*self.concepts, *self.vocabulary]))
@@ -84,8 +88,7 @@ def combine_specs(specs: list[ConceptSpec]) -> ConceptSpec:
     erased = [w for s in specs for w in s.names()]
     pairs, retain = [], []
     for spec in specs:
-        kept = [(t, a) for t, a in zip(spec.target_prompts, spec.anchor_prompts, strict=True)
-                if not mentions(a, erased)]
+        kept = [(t, a) for t, a in spec.pairs() if not mentions(a, erased)]
         if not kept:
             raise UserError(f"every anchor of '{', '.join(spec.concepts)}' names another concept erased with it; "
                             "erase them in separate runs or give anchors in a concept file")

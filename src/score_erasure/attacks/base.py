@@ -100,8 +100,7 @@ def concept_latents(ctx: AttackContext, prompt: str, n: int, gen: torch.Generato
     base, cond = ctx.base, ctx.base.encode([prompt])
     if isinstance(base, TokenGenerator):  # one generator per row, each seeded from `gen`
         seeds = torch.randint(2 ** 62, (2 * n,), generator=gen).tolist()
-        x0 = base.sample(cond.expand(2 * n), [torch.Generator().manual_seed(s) for s in seeds],
-                         guidance=ctx.sampling.guidance)
+        x0 = base.sample_seeds(cond.expand(2 * n), seeds, guidance=ctx.sampling.guidance)
         images = base.decode(x0).permute(0, 3, 1, 2)
     else:
         x0 = base.sample(cond.expand(2 * n, -1, -1), ctx.sampling.steps, guidance=ctx.sampling.guidance,

@@ -144,6 +144,10 @@ class TokenGenerator(ABC):
         """Codes (B, N) drawn one at a time with classifier-free guidance; row i draws from `generators[i]`, so an
         image depends on its seed and prompt only."""
 
+    def sample_seeds(self, cond: TokenConditioning, seeds: list[int], guidance: float = 5.0) -> torch.Tensor:
+        """`sample` with row i drawn from a fresh generator seeded `seeds[i]`."""
+        return self.sample(cond, [torch.Generator().manual_seed(int(s)) for s in seeds], guidance)
+
     @abstractmethod
     def expected_latents(self, logits: torch.Tensor) -> torch.Tensor:
         """The decoder's latent grid (B, d, h, w) under code distributions (B, N, codebook): Σ_v p(v) e_v at every

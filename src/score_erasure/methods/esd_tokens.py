@@ -51,7 +51,7 @@ def esd_tokens(generator, spec: ConceptSpec, cfg: ESDTokensConfig, checkpointing
     def step(k: int):
         rng = np.random.default_rng(parallel.step_key(cfg.seed, k))
         i = int(rng.integers(len(c)))
-        r = generator.sample(c[i:i + 1], [torch.Generator().manual_seed(int(rng.integers(2**31)))], cfg.guidance)
+        r = generator.sample_seeds(c[i:i + 1], [rng.integers(2**31)], cfg.guidance)
         with torch.no_grad():
             both = base.image_logits(TokenConditioning.cat([c[i:i + 1], uncond[i:i + 1]]), torch.cat([r, r]))
             log_q = negative_guidance(both[1:], both[:1], cfg.eta)

@@ -58,13 +58,11 @@ def preservation(logits: torch.Tensor, base_log_probs: torch.Tensor) -> torch.Te
 
 def s_vare(generator, spec: ConceptSpec, cfg: SVAREConfig, checkpointing: Checkpointing | None = None,
            show_progress: bool = True) -> Trace:
-    pairs = [(t, a) for t, a in zip(spec.target_prompts, spec.anchor_prompts, strict=True)
-             for _ in range(cfg.sequences_per_prompt)]
+    pairs = spec.pairs(cfg.sequences_per_prompt)
     c_star = generator.encode([t for t, _ in pairs])
     c = generator.encode([a for _, a in pairs])
     with torch.no_grad():
-        seeds = [torch.Generator().manual_seed(cfg.seed + i) for i in range(len(pairs))]
-        r = generator.sample(c, seeds, cfg.guidance)
+        r = generator.sample_seeds(c, [cfg.seed + i for i in range(len(pairs))], cfg.guidance)
         base_log_probs = torch.log_softmax(generator.image_logits(c, r).float(), -1)
     params = trainable(generator, cfg.group)
 

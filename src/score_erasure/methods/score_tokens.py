@@ -63,8 +63,7 @@ def score_tokens(generator, spec: ConceptSpec, cfg: ScoreTokensConfig, checkpoin
     kept = list(dict.fromkeys([*(spec.retain_prompts or []), *spec.anchor_prompts]))
     c_r = generator.encode([p for p in kept for _ in range(cfg.sequences_per_prompt)])
     with torch.no_grad():
-        seeds = [torch.Generator().manual_seed(cfg.seed + i) for i in range(len(c_r))]
-        r_r = base.sample(c_r, seeds, cfg.guidance)
+        r_r = base.sample_seeds(c_r, [cfg.seed + i for i in range(len(c_r))], cfg.guidance)
         log_p_r = torch.log_softmax(base.image_logits(c_r, r_r).float(), -1)
     uncond = generator.unconditional(c_e)  # the same width as c_e and c_a
     side = generator.expected_latents(log_p_r[:1])
@@ -83,7 +82,7 @@ def score_tokens(generator, spec: ConceptSpec, cfg: ScoreTokensConfig, checkpoin
     def draw(k: int, stream: int) -> tuple[int, torch.Tensor, list[int]]:
         rng = np.random.default_rng(parallel.step_key(cfg.seed, stream, k))
         i = int(rng.integers(len(c_e)))
-        r_e = generator.sample(c_e[i:i + 1], [torch.Generator().manual_seed(int(rng.integers(2**31)))], cfg.guidance)
+        r_e = generator.sample_seeds(c_e[i:i + 1], [rng.integers(2**31)], cfg.guidance)
         rows = rng.choice(len(c_r), size=min(cfg.pres_batch, len(c_r)), replace=False).tolist()
         return i, r_e, rows
 

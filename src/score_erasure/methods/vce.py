@@ -65,13 +65,10 @@ def dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor
 @torch.no_grad()
 def sampled_pairs(generator, spec: ConceptSpec, cfg: VCEConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """The base's codes for each target prompt (y_l) and for its anchor (y_w) at the same seed."""
-    pairs = [(t, a) for t, a in zip(spec.target_prompts, spec.anchor_prompts, strict=True)
-             for _ in range(cfg.pairs_per_prompt)]
+    pairs = spec.pairs(cfg.pairs_per_prompt)
     seeds = [cfg.seed + i for i in range(len(pairs))]
-    y_w = generator.sample(generator.encode([a for _, a in pairs]),
-                           [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
-    y_l = generator.sample(generator.encode([t for t, _ in pairs]),
-                           [torch.Generator().manual_seed(s) for s in seeds], cfg.guidance)
+    y_w = generator.sample_seeds(generator.encode([a for _, a in pairs]), seeds, cfg.guidance)
+    y_l = generator.sample_seeds(generator.encode([t for t, _ in pairs]), seeds, cfg.guidance)
     return [t for t, _ in pairs], y_w, y_l
 
 
