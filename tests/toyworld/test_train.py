@@ -155,3 +155,23 @@ def test_ema_warmup_forgets_the_initialisation_that_a_flat_decay_keeps():
     assert start_share(_ema_warmup_fn(0.999), 3000) == pytest.approx(expected, rel=1e-9)
     assert expected < 1e-20
     assert start_share(get_ema_multi_avg_fn(0.999), 3000) == pytest.approx(0.999 ** 2999, rel=1e-9)
+
+
+def test_trainer_averages_with_the_warm_up_only_when_asked(tmp_path):
+    """`_Trainer(ema_warmup=True)` (embedded-var's `var_ema_warmup`) uses the ramp; the default keeps the flat decay."""
+    from score_erasure.toyworld.train import _Trainer
+
+    def second_update(warmup: bool) -> float:
+        net = torch.nn.Linear(1, 1, bias=False).double()
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+        trainer = _Trainer("t", net, 1e-3, 2, 0, tmp_path, 1, ema_decay=0.999, ema_warmup=warmup)
+        trainer.ema.update_parameters(net)
+        with torch.no_grad():
+            net.weight.fill_(0.0)
+        trainer.ema.update_parameters(net)
+        return trainer.ema.module.weight.item()
+
+    assert second_update(True) == pytest.approx(2 / 11)
+    assert second_update(False) == pytest.approx(0.999)
+    assert TrainConfig().var_ema_warmup is False  # the shipped model's recipe
