@@ -175,3 +175,20 @@ def test_trainer_averages_with_the_warm_up_only_when_asked(tmp_path):
     assert second_update(True) == pytest.approx(2 / 11)
     assert second_update(False) == pytest.approx(0.999)
     assert TrainConfig().var_ema_warmup is False  # the shipped model's recipe
+
+
+@pytest.mark.parametrize("arch", ["sd", "var"])
+def test_the_pool_takes_embedded_vars_own_character_rate(tmp_path, monkeypatch, arch):
+    """`var_character_rate` sizes embedded-var's pool only, so the other models' shipped records stay true."""
+    from score_erasure.toyworld import captions
+
+    class Drawn(Exception):
+        pass
+
+    def make_dataset(n, seed, character_rate, fire_rate):
+        raise Drawn(character_rate)
+
+    monkeypatch.setattr(captions, "make_dataset", make_dataset)
+    with pytest.raises(Drawn) as drawn:
+        train(tmp_path, TINY.model_copy(update={"character_rate": 0.1, "var_character_rate": 0.4}), arch=arch)
+    assert drawn.value.args == ({"sd": 0.1, "var": 0.4}[arch],)

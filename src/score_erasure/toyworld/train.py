@@ -84,6 +84,8 @@ class TrainConfig(BaseModel):
     # at it (a flat 0.999 over 3,000 steps keeps 5% of the random start). Tried once (docs/embedded-model.md): it
     # did not help, so the shipped model's flat decay stays the default.
     var_ema_warmup: bool = False
+    # the share of character scenes in embedded-var's pool (its own, so the other models' records stay true)
+    var_character_rate: float = Field(0.15, ge=0, le=1)
     checkpoint_every: int = Field(500, ge=1)
     # Build each step's batch (captions, their encoding, latents, noise, t) in this many loader processes while
     # the network trains: caption encoding is ~40% of a step, and overlapping it uses the second core. The
@@ -552,8 +554,8 @@ def train(run_dir: Path, cfg: TrainConfig, resume: bool = False, max_steps: int 
         return done
 
     start = time.time()
-    images, scenes, characters = captions.make_dataset(cfg.pool_size, cfg.seed, cfg.character_rate,
-                                                       cfg.fire_rate)
+    rate = cfg.var_character_rate if arch == "var" else cfg.character_rate
+    images, scenes, characters = captions.make_dataset(cfg.pool_size, cfg.seed, rate, cfg.fire_rate)
     record["seconds"]["render"] = record["seconds"].get("render", 0.0) + time.time() - start
     if arch == "flux":
         if not (resume and (run_dir / "flux" / "config.json").exists()):
