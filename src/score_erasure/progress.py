@@ -2,7 +2,8 @@
 
 When stderr is not a terminal (output sent to a file, a pipe, CI), a live bar would print nothing useful (or
 blank lines): `progress_bar` then returns `PlainProgress`, which writes "stage: n/N, elapsed, live numbers" lines
-to stderr, at most one every $SCORE_PROGRESS_EVERY seconds (default 10) per stage, plus the last.
+to stderr, at most one every $SCORE_PROGRESS_EVERY seconds (default 10) per stage, plus the last. Worker
+processes that share a terminal (`score leaderboard --jobs`) set $SCORE_LOG_TAG: plain lines, each one tagged.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def progress_bar(transient: bool = False) -> Progress | PlainProgress:
     """A progress display for one loop; `transient` ones (short inner loops) vanish when done."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or os.environ.get("SCORE_LOG_TAG"):  # two live bars would overwrite each other
         return PlainProgress(transient=transient)
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -32,7 +33,8 @@ def progress_bar(transient: bool = False) -> Progress | PlainProgress:
 
 def log(message: str) -> None:
     """One status line on stderr with the time of day, whole (never wrapped): greppable in a log."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    tag = f"{os.environ['SCORE_LOG_TAG']}: " if os.environ.get("SCORE_LOG_TAG") else ""
+    print(f"[{time.strftime('%H:%M:%S')}] {tag}{message}", file=sys.stderr, flush=True)
 
 
 @dataclass

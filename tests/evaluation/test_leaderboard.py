@@ -130,3 +130,21 @@ def test_an_autoregressive_model_gets_every_column_but_the_curve(small_protocol,
     assert [(r["method"], r["status"]) for r in rows] == [("none", "ok"), ("esd-ar", "ok")], rows
     for column in ("acc_e", "acc_c", "acc_n", "h_rob", "fid_ratio", "asr_paraphrase", "mi_nats"):
         assert column in rows[1]["metrics"], column
+
+
+def test_tasks_in_two_processes_give_the_rows_of_one(tiny_model_dir, small_protocol, tmp_path, capfd):
+    """`jobs=2` runs each task in a process of its own (spawned, at this process's thread count): the same rows,
+    number for number, as one process, and the parent's tables hold them in the suite's order."""
+    kwargs = dict(suite=(("object", "star"), ("unsafe", "fire")), attacks=("paraphrase",), certify=None, sizes=(),
+                  use_cache=False, protocol_paths={"object": small_protocol("object", "star"),
+                                                   "unsafe": small_protocol("unsafe", "fire")})
+    serial = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "one", **kwargs)
+    capfd.readouterr()
+    both = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "two", jobs=2, **kwargs)
+    log = capfd.readouterr().err
+    assert "in 2 processes" in log and "] unsafe/fire: " in log and "] object/star: " in log  # each worker's lines
+    assert list(both["tasks"]) == ["object/star", "unsafe/fire"]
+    for name, rows in serial["tasks"].items():
+        assert [(r["method"], r["status"]) for r in both["tasks"][name]] == [("none", "ok"), ("uce", "ok")]
+        assert [r["metrics"] for r in both["tasks"][name]] == [r["metrics"] for r in rows], name
+    assert (tmp_path / "two" / "unsafe" / "uce" / "row.json").is_file()

@@ -159,6 +159,10 @@ def register(app: typer.Typer) -> None:
                                                      "ones.")] = False,
         tables_only: Annotated[bool, typer.Option(help="Run nothing: the tables of the rows saved in --out so far "
                                                        "(a run still going, or stopped), in OUT/partial.")] = False,
+        jobs: Annotated[int, typer.Option(min=1, help="Run the tasks in this many processes at once, each at "
+                                                      "--threads threads and on cores of its own when there are "
+                                                      "enough (`score --threads 1 leaderboard --jobs 2` on 2 "
+                                                      "cores); the rows are those of one process.")] = 1,
     ) -> None:
         """Benchmark v2: every method over every task (acc_c, acc_n, h_rob, the fidelity floor, ASR, leakage) and
         the many-concepts curve, resumable row by row; writes the tables and an HTML page with plots."""
@@ -179,7 +183,7 @@ def register(app: typer.Typer) -> None:
         record = leaderboard(model, names, out, tuple(suite), tuple(a.strip() for a in attacks.split(",") if a.strip()),
                              certify={} if certify else None, sizes=sizes, cache_dir=cache_dir, use_cache=cache,
                              overwrite=overwrite, docs=docs, command=shlex.join(["score", *sys.argv[1:]]),
-                             tables_only=tables_only, sets_path=packaged_sets_path(concept_sets))
+                             tables_only=tables_only, sets_path=packaged_sets_path(concept_sets), jobs=jobs)
         written = out / "partial" if tables_only else out  # where `leaderboard` wrote them
         console.print(f"{record['seconds']:.0f} s; tables: {written / 'leaderboard.md'}; "
                       f"page: {written / 'leaderboard.html'}")

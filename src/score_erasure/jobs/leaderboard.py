@@ -11,9 +11,14 @@ leaderboard.html are written from the saved rows alone.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from score_erasure.errors import UserError
 from score_erasure.evaluation.cache import ImageCache, default_cache_dir
@@ -24,6 +29,7 @@ from score_erasure.io import atomic_write_json, atomic_write_text, output_folder
 from score_erasure.jobs.bench import BenchRow, ErasureRequest, bench, eraser, method_config
 from score_erasure.jobs.leaderboard_page import leaderboard_html, leaderboard_markdown
 from score_erasure.models import resolve_model
+from score_erasure.options import OPTIONS, set_run_options
 from score_erasure.progress import log
 from score_erasure.provenance import compute, provenance, versions
 
@@ -122,14 +128,15 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
                 attacks: tuple[str, ...] = ATTACKS, certify: dict | None = None, sizes: tuple[int, ...] | None = None,
                 cache_dir: Path | None = None, use_cache: bool = True, overwrite: bool = False,
                 docs: Path | None = None, command: str = "", protocol_paths: dict[str, Path] | None = None,
-                sets_path: Path | None = None, tables_only: bool = False) -> dict:
+                sets_path: Path | None = None, tables_only: bool = False, jobs: int = 1) -> dict:
     """Run (or resume) the whole v2 suite for `methods` on `model`; writes leaderboard.{json,md,html} in `out`
     and, with `docs`, replaces that file's section between DOCS_START and DOCS_END with the tables. A rerun into
     `out` keeps every saved row whose settings match; `overwrite` recomputes them all. `sizes=()` skips the
     many-concepts curve. `certify`: CertifyConfig overrides ({} for the defaults; None: no certificate);
     `protocol_paths` (task -> file) and `sets_path` replace packaged protocols (small ones for tests).
     `tables_only` runs nothing: the tables of the rows saved in `out` so far (a run still going, or stopped),
-    written to out/partial."""
+    written to out/partial. `jobs` > 1 runs the tasks in that many processes at once (`_tasks_in_processes`);
+    the rows are the ones a single process writes."""
     if "none" in methods:
         raise UserError("'none' (the unmodified model) is always the first row of each task; leave it out")
     start = time.time()
@@ -138,17 +145,16 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
                             overwrite=overwrite or tables_only)
     out = Path(out)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    tasks: dict[str, list[BenchRow]] = {}
-    for task, concept in suite:
-        if tables_only:
-            tasks[f"{task}/{concept}"] = [r for m in ("none", *methods) if (r := _as_saved(out / task / m / "row.json",
-                                                                                            BenchRow))]
-            continue
-        log(f"leaderboard: {task} / {concept}")
-        tasks[f"{task}/{concept}"] = bench(model, concept, ["none", *methods], out / task, task=task,
-                                           protocol_path=(protocol_paths or {}).get(task), cache_dir=cache_dir,
-                                           use_cache=use_cache, command=command, attacks=list(attacks),
-                                           resume=not overwrite, overwrite=overwrite, certify=certify)
+    run = dict(model=model, methods=methods, out=out, attacks=attacks, certify=certify, cache_dir=cache_dir,
+               use_cache=use_cache, overwrite=overwrite, command=command, protocol_paths=protocol_paths)
+    if tables_only:
+        tasks = {f"{task}/{concept}": [r for m in ("none", *methods)
+                                       if (r := _as_saved(out / task / m / "row.json", BenchRow))]
+                 for task, concept in suite}
+    elif jobs > 1 and len(suite) > 1:
+        tasks = _tasks_in_processes(suite, jobs, run)
+    else:
+        tasks = _run_tasks(suite, run)
     if tables_only:
         curves = [p for m in methods for k in sizes or [int(k) for k in load_sets(sets_path).sets]
                   if (p := _as_saved(out / "many" / m / f"k{k}.json", CurvePoint))]
@@ -170,6 +176,46 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
         include_in_docs(Path(docs), markdown, *docs_markers(model))
     release_folder(written)
     return record
+
+
+def _run_tasks(suite: tuple[tuple[str, str], ...], run: dict) -> dict[str, list[BenchRow]]:
+    """One bench per task of `suite`, in this process (`run`: the leaderboard's settings)."""
+    rows = {}
+    for task, concept in suite:
+        log(f"leaderboard: {task} / {concept}")
+        rows[f"{task}/{concept}"] = bench(run["model"], concept, ["none", *run["methods"]], run["out"] / task,
+                                          task=task, protocol_path=(run["protocol_paths"] or {}).get(task),
+                                          cache_dir=run["cache_dir"], use_cache=run["use_cache"],
+                                          command=run["command"], attacks=list(run["attacks"]),
+                                          resume=not run["overwrite"], overwrite=run["overwrite"],
+                                          certify=run["certify"])
+    return rows
+
+
+def _worker(share: tuple[tuple[str, str], ...], index: int, options: dict, run: dict) -> dict[str, list[BenchRow]]:
+    """One process's share of the tasks, with the parent's run options and its own cores when the machine has
+    enough for every process: `taskset`'s one job per core, done by the command itself."""
+    os.environ["SCORE_LOG_TAG"] = ",".join(f"{task}/{concept}" for task, concept in share)
+    threads = options["threads"]
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) >= run["jobs"] * threads:
+        os.sched_setaffinity(0, cores[index * threads:(index + 1) * threads])
+    set_run_options(**options)
+    return _run_tasks(share, run)
+
+
+def _tasks_in_processes(suite: tuple[tuple[str, str], ...], jobs: int, run: dict) -> dict[str, list[BenchRow]]:
+    """The tasks dealt round-robin to `jobs` fresh processes, each at this process's thread count (so a row's
+    numbers are those of a serial run at that count). Tasks write separate folders (out/<task>): no two
+    processes write one file, and a killed run resumes row by row as a serial one does."""
+    options = {**asdict(OPTIONS), "threads": OPTIONS.threads or torch.get_num_threads()}
+    shares = [suite[i::jobs] for i in range(min(jobs, len(suite)))]
+    log(f"leaderboard: {len(suite)} tasks in {len(shares)} processes, {options['threads']} thread(s) each")
+    with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = [pool.submit(_worker, share, i, options, {**run, "jobs": len(shares)}) for i, share in enumerate(shares)]
+        results = [future.result() for future in done]
+    merged = {name: rows for result in results for name, rows in result.items()}
+    return {f"{task}/{concept}": merged[f"{task}/{concept}"] for task, concept in suite}
 
 
 def include_in_docs(path: Path, markdown: str, start: str = DOCS_START, end: str = DOCS_END) -> None:
