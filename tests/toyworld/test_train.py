@@ -192,3 +192,11 @@ def test_the_pool_takes_embedded_vars_own_character_rate(tmp_path, monkeypatch, 
     with pytest.raises(Drawn) as drawn:
         train(tmp_path, TINY.model_copy(update={"character_rate": 0.1, "var_character_rate": 0.4}), arch=arch)
     assert drawn.value.args == ({"sd": 0.1, "var": 0.4}[arch],)
+
+
+def test_the_shipped_next_scale_model_is_the_default_recipe():
+    """`score world train --arch var` with no --config retrains the shipped embedded-var (its record's config)."""
+    import json
+
+    record = json.loads((model.WEIGHTS_DIR / "var-train.json").read_text())
+    assert TrainConfig.model_validate(record["config"]) == TrainConfig()
