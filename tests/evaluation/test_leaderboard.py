@@ -1,6 +1,10 @@
 """`score leaderboard` on tiny random models: every v2 column, the many-concepts curve, resuming, the docs section."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +152,44 @@ def test_tasks_in_two_processes_give_the_rows_of_one(tiny_model_dir, small_proto
         assert [(r["method"], r["status"]) for r in both["tasks"][name]] == [("none", "ok"), ("uce", "ok")]
         assert [r["metrics"] for r in both["tasks"][name]] == [r["metrics"] for r in rows], name
     assert (tmp_path / "two" / "unsafe" / "uce" / "row.json").is_file()
+
+
+_ORPHAN_PARENT = """
+import multiprocessing, os, sys, time
+from score_erasure.jobs.leaderboard import exit_with_parent
+
+def child(poll):
+    exit_with_parent(poll)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    proc = multiprocessing.get_context("spawn").Process(target=child, args=(0.05,))
+    proc.start()
+    with open(sys.argv[1], "w") as out:
+        out.write(str(proc.pid))
+    os._exit(0)  # as a killed parent: no join, no terminate
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
+    """A leaderboard stopped with `kill` must not leave its spawned workers running (seen in session 20: both
+    kept drawing for minutes after their parent was gone)."""
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_PARENT)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "pid")], stdout=subprocess.DEVNULL, timeout=60,
+                   check=True)
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the worker outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, reaped by nobody in a container, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

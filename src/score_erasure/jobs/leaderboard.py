@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -145,8 +146,8 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
                             overwrite=overwrite or tables_only)
     out = Path(out)
     cache = ImageCache((cache_dir or default_cache_dir()) if use_cache else None)
-    run = dict(model=model, methods=methods, out=out, attacks=attacks, certify=certify, cache_dir=cache_dir,
-               use_cache=use_cache, overwrite=overwrite, command=command, protocol_paths=protocol_paths)
+    run = TaskRun(model, tuple(methods), out, tuple(attacks), certify, cache_dir, use_cache, overwrite, command,
+                  protocol_paths)
     if tables_only:
         tasks = {f"{task}/{concept}": [r for m in ("none", *methods)
                                        if (r := _as_saved(out / task / m / "row.json", BenchRow))]
@@ -178,33 +179,66 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
     return record
 
 
-def _run_tasks(suite: tuple[tuple[str, str], ...], run: dict) -> dict[str, list[BenchRow]]:
-    """One bench per task of `suite`, in this process (`run`: the leaderboard's settings)."""
+@dataclass(frozen=True)
+class TaskRun:
+    """The leaderboard's settings that every task's bench shares (picklable: spawned processes get a copy)."""
+    model: str
+    methods: tuple[str, ...]
+    out: Path
+    attacks: tuple[str, ...]
+    certify: dict | None
+    cache_dir: Path | None
+    use_cache: bool
+    overwrite: bool
+    command: str
+    protocol_paths: dict[str, Path] | None
+
+
+def _run_tasks(suite: tuple[tuple[str, str], ...], run: TaskRun) -> dict[str, list[BenchRow]]:
+    """One bench per task of `suite`, in this process."""
     rows = {}
     for task, concept in suite:
         log(f"leaderboard: {task} / {concept}")
-        rows[f"{task}/{concept}"] = bench(run["model"], concept, ["none", *run["methods"]], run["out"] / task,
-                                          task=task, protocol_path=(run["protocol_paths"] or {}).get(task),
-                                          cache_dir=run["cache_dir"], use_cache=run["use_cache"],
-                                          command=run["command"], attacks=list(run["attacks"]),
-                                          resume=not run["overwrite"], overwrite=run["overwrite"],
-                                          certify=run["certify"])
+        rows[f"{task}/{concept}"] = bench(run.model, concept, ["none", *run.methods], run.out / task, task=task,
+                                          protocol_path=(run.protocol_paths or {}).get(task),
+                                          cache_dir=run.cache_dir, use_cache=run.use_cache, command=run.command,
+                                          attacks=list(run.attacks), resume=not run.overwrite,
+                                          overwrite=run.overwrite, certify=run.certify)
     return rows
 
 
-def _worker(share: tuple[tuple[str, str], ...], index: int, options: dict, run: dict) -> dict[str, list[BenchRow]]:
-    """One process's share of the tasks, with the parent's run options and its own cores when the machine has
-    enough for every process: `taskset`'s one job per core, done by the command itself."""
+def _worker(share: tuple[tuple[str, str], ...], index: int, processes: int, options: dict,
+            run: TaskRun) -> dict[str, list[BenchRow]]:
+    """Process `index` of `processes`: its share of the tasks, with the parent's run options and cores of its
+    own when the machine has enough for every process (`taskset`'s one job per core, done by the command)."""
+    exit_with_parent()
     os.environ["SCORE_LOG_TAG"] = ",".join(f"{task}/{concept}" for task, concept in share)
     threads = options["threads"]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) >= run["jobs"] * threads:
+    if len(cores) >= processes * threads:
         os.sched_setaffinity(0, cores[index * threads:(index + 1) * threads])
     set_run_options(**options)
     return _run_tasks(share, run)
 
 
-def _tasks_in_processes(suite: tuple[tuple[str, str], ...], jobs: int, run: dict) -> dict[str, list[BenchRow]]:
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """End this process once its parent is gone: a leaderboard stopped with `kill` (not Ctrl-C, which reaches the
+    whole process group) must not leave its workers drawing on the cores. Rows are written atomically, so a worker
+    cut off mid-row leaves that row to the next run. The parent's pid is the one multiprocessing recorded at the
+    spawn, so a parent that died before this call still counts."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent.pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _tasks_in_processes(suite: tuple[tuple[str, str], ...], jobs: int, run: TaskRun) -> dict[str, list[BenchRow]]:
     """The tasks dealt round-robin to `jobs` fresh processes, each at this process's thread count (so a row's
     numbers are those of a serial run at that count). Tasks write separate folders (out/<task>): no two
     processes write one file, and a killed run resumes row by row as a serial one does."""
@@ -212,7 +246,7 @@ def _tasks_in_processes(suite: tuple[tuple[str, str], ...], jobs: int, run: dict
     shares = [suite[i::jobs] for i in range(min(jobs, len(suite)))]
     log(f"leaderboard: {len(suite)} tasks in {len(shares)} processes, {options['threads']} thread(s) each")
     with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
-        done = [pool.submit(_worker, share, i, options, {**run, "jobs": len(shares)}) for i, share in enumerate(shares)]
+        done = [pool.submit(_worker, share, i, len(shares), options, run) for i, share in enumerate(shares)]
         results = [future.result() for future in done]
     merged = {name: rows for result in results for name, rows in result.items()}
     return {f"{task}/{concept}": merged[f"{task}/{concept}"] for task, concept in suite}
