@@ -32,14 +32,19 @@ def cell(metric: dict | None, interval: bool) -> str:
 
 
 def rows(folder: Path) -> tuple[dict, list[dict]]:
-    """(task/concept meta, rows) of a finished bench, or of the rows a running bench has finished."""
-    done = folder / "results.json"
-    if done.is_file():
-        results = json.loads(done.read_text())
-        return results, results["rows"]
+    """(task/concept meta, rows) of a finished bench, or of the rows a running bench has finished; a finished
+    bench's folder may also hold rows of a later bench (method/row.json) on the same protocol, appended."""
     saved = sorted(folder.glob("*/row.json"), key=lambda f: f.stat().st_mtime)
     keys = [json.loads(f.read_text()) for f in saved]
     fields = ("task", "concept", "attacks", "protocol_hash", "base_hash")
+    done = folder / "results.json"
+    if done.is_file():
+        results = json.loads(done.read_text())
+        listed = {row["method"] for row in results["rows"]}
+        for key in keys:
+            if any(key["key"].get(k) != results.get(k) for k in ("task", "concept", "protocol_hash", "base_hash")):
+                raise SystemExit(f"{folder}: a saved row of another task, protocol or base model than results.json")
+        return results, results["rows"] + [k["row"] for k in keys if k["row"]["method"] not in listed]
     meta = {k: keys[0]["key"].get(k) for k in fields} if keys else {}
     return meta, [k["row"] for k in keys]
 

@@ -1,5 +1,8 @@
 """Training is seeded and resumable: a run split by a step budget ends where a straight run ends."""
 
+import json
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -30,8 +33,6 @@ def test_resumed_run_equals_straight_run(tmp_path):
 
 
 def test_flux_training_resumes_exactly_and_installs_a_loadable_model(tmp_path):
-    import shutil
-
     from score_erasure.generate import generate
     from score_erasure.toyworld.model import WEIGHTS_DIR, load_embedded_flux
     from score_erasure.toyworld.train import install_weights
@@ -196,7 +197,5 @@ def test_the_pool_takes_embedded_vars_own_character_rate(tmp_path, monkeypatch, 
 
 def test_the_shipped_next_scale_model_is_the_default_recipe():
     """`score world train --arch var` with no --config retrains the shipped embedded-var (its record's config)."""
-    import json
-
     record = json.loads((model.WEIGHTS_DIR / "var-train.json").read_text())
     assert TrainConfig.model_validate(record["config"]) == TrainConfig()
