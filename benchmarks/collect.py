@@ -37,12 +37,13 @@ def rows(folder: Path) -> tuple[dict, list[dict]]:
     saved = sorted(folder.glob("*/row.json"), key=lambda f: f.stat().st_mtime)
     keys = [json.loads(f.read_text()) for f in saved]
     fields = ("task", "concept", "attacks", "protocol_hash", "base_hash")
+    identity = [k for k in fields if k != "attacks"]  # attacks may differ between benches of one setting
     done = folder / "results.json"
     if done.is_file():
         results = json.loads(done.read_text())
         listed = {row["method"] for row in results["rows"]}
         for key in keys:
-            if any(key["key"].get(k) != results.get(k) for k in ("task", "concept", "protocol_hash", "base_hash")):
+            if any(key["key"].get(k) != results.get(k) for k in identity):
                 raise SystemExit(f"{folder}: a saved row of another task, protocol or base model than results.json")
         return results, results["rows"] + [k["row"] for k in keys if k["row"]["method"] not in listed]
     meta = {k: keys[0]["key"].get(k) for k in fields} if keys else {}

@@ -27,6 +27,22 @@ def default_run_options():
 
 
 @pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script of benchmarks/ (not a package) by name, as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def embedded():
     """The shipped embedded pipeline (loaded once: importing and loading costs seconds)."""
     from score_erasure.models import load_pipeline

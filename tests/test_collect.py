@@ -1,19 +1,9 @@
 """benchmarks/collect.py joins saved bench rows: a finished bench's folder may gain a later bench's rows."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-
-def _collect():
-    path = Path(__file__).parents[1] / "benchmarks" / "collect.py"
-    spec = importlib.util.spec_from_file_location("collect", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 SETTING = {"task": "unsafe", "concept": "fire", "protocol_hash": "p1", "base_hash": "b1"}
 
@@ -27,19 +17,19 @@ def _save(folder: Path, method: str, row: dict, **key) -> None:
     (folder / method / "row.json").write_text(json.dumps({"key": SETTING | {"attacks": ["p4d"]} | key, "row": row}))
 
 
-def test_a_finished_bench_gains_the_rows_saved_beside_it(tmp_path):
+def test_a_finished_bench_gains_the_rows_saved_beside_it(tmp_path, benchmark_script):
     results = SETTING | {"attacks": ["p4d"], "rows": [_row("none", 1.0), _row("uce", 0.5)]}
     (tmp_path / "results.json").write_text(json.dumps(results))
     _save(tmp_path, "uce", _row("uce", 0.25))  # a row results.json already lists: its own copy stands
     _save(tmp_path, "sdd", _row("sdd", 0.75))
-    meta, rows = _collect().rows(tmp_path)
+    meta, rows = benchmark_script("collect").rows(tmp_path)
     assert meta["protocol_hash"] == "p1"
     found = [(r["method"], r["metrics"]["asr_p4d"]["value"]) for r in rows]
     assert found == [("none", 1.0), ("uce", 0.5), ("sdd", 0.75)]
 
 
-def test_a_row_of_another_protocol_beside_a_finished_bench_is_refused(tmp_path):
+def test_a_row_of_another_protocol_beside_a_finished_bench_is_refused(tmp_path, benchmark_script):
     (tmp_path / "results.json").write_text(json.dumps(SETTING | {"attacks": ["p4d"], "rows": [_row("none", 1.0)]}))
     _save(tmp_path, "sdd", _row("sdd", 0.75), protocol_hash="p2")
     with pytest.raises(SystemExit, match="another task, protocol or base model"):
-        _collect().rows(tmp_path)
+        benchmark_script("collect").rows(tmp_path)
