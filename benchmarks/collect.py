@@ -7,7 +7,7 @@
     python benchmarks/collect.py --cert runs/cert/object > cert.md   # every METHOD/certify/report.json below
 
 A bench still running (or stopped, to be resumed) has no results.json yet: its finished rows are read from
-`<method>/row.json`, in the order they finished.
+`<method>/row.json`, in the registry's order (`none` first): file times say nothing in a fresh clone.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from score_erasure.methods import METHODS
 
 COLUMNS = ("acc_e", "acc_g", "acc_s", "h", "fid", "kid", "ssim")
 V2_COLUMNS = ("acc_e", "acc_g", "acc_s", "h", "acc_c", "acc_n", "fid", "fid_ratio", "ssim")
@@ -31,10 +33,16 @@ def cell(metric: dict | None, interval: bool) -> str:
     return text
 
 
+def registry_order(method: str) -> tuple[int, str]:
+    """`none` first, then the methods in the registry's order, then any other label (a variant) by name."""
+    order = ["none", *METHODS]
+    return (order.index(method), "") if method in order else (len(order), method)
+
+
 def rows(folder: Path) -> tuple[dict, list[dict]]:
     """(task/concept meta, rows) of a finished bench, or of the rows a running bench has finished; a finished
     bench's folder may also hold rows of a later bench (method/row.json) on the same protocol, appended."""
-    saved = sorted(folder.glob("*/row.json"), key=lambda f: f.stat().st_mtime)
+    saved = sorted(folder.glob("*/row.json"), key=lambda f: registry_order(f.parent.name))
     keys = [json.loads(f.read_text()) for f in saved]
     fields = ("task", "concept", "attacks", "protocol_hash", "base_hash")
     identity = [k for k in fields if k != "attacks"]  # attacks may differ between benches of one setting

@@ -33,3 +33,10 @@ def test_a_row_of_another_protocol_beside_a_finished_bench_is_refused(tmp_path, 
     _save(tmp_path, "sdd", _row("sdd", 0.75), protocol_hash="p2")
     with pytest.raises(SystemExit, match="another task, protocol or base model"):
         benchmark_script("collect").rows(tmp_path)
+
+
+def test_a_running_benchs_rows_come_in_the_registry_order_whatever_their_file_times(tmp_path, benchmark_script):
+    for method in ("uce", "a-variant", "none", "score"):  # written out of order, as a fresh clone's files all are
+        _save(tmp_path, method, _row(method, 0.5))
+    _, rows = benchmark_script("collect").rows(tmp_path)
+    assert [r["method"] for r in rows] == ["none", "score", "uce", "a-variant"]
