@@ -70,6 +70,9 @@ def test_leaderboard_writes_every_v2_column_and_resumes(tiny_model_dir, small_pr
                              tables_only=True)
     assert partial["tasks"] == record["tasks"] and partial["curves"] == record["curves"][:1]
     assert "Tables only" in (tmp_path / "lb" / "partial" / "leaderboard.md").read_text()
+    without_curve = lb.leaderboard(str(tiny_model_dir), ["uce"], tmp_path / "lb",
+                                   **{**kwargs, "docs": None, "sizes": ()}, tables_only=True)
+    assert without_curve["curves"] == []  # `--sets ''` leaves saved points out of the tables
 
 
 def test_none_is_not_a_method_of_the_leaderboard(tmp_path):
