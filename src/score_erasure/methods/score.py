@@ -19,7 +19,10 @@ erasure term then spans every step, for concepts a model fixes at its first step
 
 M keeps, per tensor, the weights in the top `saliency_keep` fraction of |Σ ∇L_ANT| for every
 (target prompt, seed) pair: the intersection of the maps (SalUn's rule; ANT's released mask kept the
-bottom half, which we do not copy). `ant` is this module with the adversarial term off.
+bottom half, which we do not copy). With several concepts (our reading), each concept's first
+`saliency_prompts` targets give its own intersection and M is their union: a mask from the first concept's
+prompts alone left little of the others' weights to train (docs/methods.md, "Several concepts").
+`ant` is this module with the adversarial term off.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from score_erasure import parallel
 from score_erasure.methods.loop import Checkpointing, Trace, finetune, trainable
-from score_erasure.spec import ConceptSpec
+from score_erasure.spec import ConceptSpec, mentions
 
 
 class ScoreConfig(BaseModel):
@@ -118,6 +121,7 @@ class ScoreTraining:
         self.denoiser, self.cfg = denoiser, cfg
         self.eps_0 = denoiser.frozen_copy()
         self.c_e = denoiser.encode(spec.target_prompts)
+        self.blocks = concept_blocks(spec)
         self.c_a = denoiser.encode(spec.anchor_prompts)
         retained = spec.retain_prompts or spec.anchor_prompts
         negatives = list(dict.fromkeys([*retained, *spec.anchor_prompts]))  # retained ones first
@@ -244,10 +248,10 @@ class ScoreTraining:
             cond_term = F.mse_loss(pred, e_a - cfg.eta * (e - e_a))
         return cond_term + cfg.alpha_unc * F.mse_loss(pred_u, e_u)
 
-    def saliency_gradients(self, params: dict[str, nn.Parameter]):
-        """|Σ_it ∇ L_ANT| for each (target prompt, seed) pair, one map per pair."""
+    def saliency_gradients(self, params: dict[str, nn.Parameter], prompts: list[int]):
+        """|Σ_it ∇ L_ANT| for each (target prompt, seed) pair of `prompts`, one map per pair."""
         cfg = self.cfg
-        for prompt in range(min(cfg.saliency_prompts, len(self.c_e))):
+        for prompt in prompts:
             for seed in cfg.saliency_seeds:
                 rng = np.random.default_rng([seed, prompt])
                 grads = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -267,6 +271,33 @@ def top_fraction(values: torch.Tensor, keep: float) -> torch.Tensor:
     return values >= flat.kthvalue(flat.numel() - n_keep + 1).values
 
 
+def concept_blocks(spec: ConceptSpec) -> list[list[int]]:
+    """The target prompts' indices, concept by concept. A combined spec lists each concept's pairs in one block
+    (`combine_specs`); a new block starts where a prompt names a concept not named before while the current block
+    already names one, so a prompt that names none (a synonym) stays in its block, and one concept is one block."""
+    blocks: list[list[int]] = [[]]
+    seen: set[str] = set()
+    named: set[str] = set()  # the current block's
+    for i, prompt in enumerate(spec.target_prompts):
+        new = {c for c in spec.concepts if c not in seen and mentions(prompt, [c])}
+        if new and named:
+            blocks.append([])
+            named = set()
+        named |= new
+        seen |= new
+        blocks[-1].append(i)
+    return blocks
+
+
+def union_of_intersections(per_concept, keep: float) -> dict[str, torch.Tensor]:
+    """M = ∪_concepts ∩_its maps top-`keep`(map): a weight trains if every map of some concept ranks it high."""
+    mask: dict[str, torch.Tensor] = {}
+    for maps in per_concept:
+        for name, m in intersect_saliency(maps, keep).items():
+            mask[name] = m if name not in mask else mask[name] | m
+    return mask
+
+
 def intersect_saliency(maps, keep: float) -> dict[str, torch.Tensor]:
     """M = ∩_maps top-`keep`(map), per tensor: a weight stays trainable only if every map ranks it high."""
     mask: dict[str, torch.Tensor] = {}
@@ -284,8 +315,8 @@ def score(denoiser, spec: ConceptSpec, cfg: ScoreConfig, checkpointing: Checkpoi
     params = trainable(denoiser, cfg.group)
     mask = None
     if cfg.saliency:
-        mask = {k: m.to(params[k].dtype) for k, m in intersect_saliency(run.saliency_gradients(params),
-                                                                        cfg.saliency_keep).items()}
+        per_concept = (run.saliency_gradients(params, block[:cfg.saliency_prompts]) for block in run.blocks)
+        mask = {k: m.to(params[k].dtype) for k, m in union_of_intersections(per_concept, cfg.saliency_keep).items()}
     resuming = checkpointing is not None and checkpointing.resume and checkpointing.path is not None \
         and checkpointing.path.exists()
     if cfg.adversarial and not resuming:
