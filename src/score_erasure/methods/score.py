@@ -21,7 +21,7 @@ M keeps, per tensor, the weights in the top `saliency_keep` fraction of |Σ ∇L
 (target prompt, seed) pair: the intersection of the maps (SalUn's rule; ANT's released mask kept the
 bottom half, which we do not copy). With several concepts (our reading), each concept's first
 `saliency_prompts` targets give its own intersection and M is their union: a mask from the first concept's
-prompts alone left little of the others' weights to train (docs/methods.md, "Several concepts").
+prompts alone left little of the others' weights to train (docs/methods.md, "Multi-concept erasure").
 `ant` is this module with the adversarial term off.
 """
 
