@@ -1,12 +1,14 @@
-"""Two probes quoted in docs/methods.md, on the embedded model with one torch thread:
+"""Three probes quoted in docs/methods.md, on the embedded model with one torch thread:
 
-    python benchmarks/method_probes.py cgce-sweep   # how far CGCE's refinement must go: star drawn, colour kept
-    python benchmarks/method_probes.py trce-gap     # why TRCE's triplet loss is zero at the reference's margin
+    python benchmarks/method_probes.py cgce-sweep      # how far CGCE's refinement must go: star drawn, colour kept
+    python benchmarks/method_probes.py trce-gap        # why TRCE's triplet loss is zero at the reference's margin
+    python benchmarks/method_probes.py many-saliency   # SCORE on the four-concept set, with its mask and without
 
 cgce-sweep erases star with CGCE under each refinement setting and judges 4 seeds of six star prompts and three
 others. trce-gap samples 8 trajectories of the star prompts and prints, at four of their early points, the two
 squared distances of TRCE's hinge (to f_safe and to f_unsafe) and the squared guidance of the concept and of its
-anchor.
+anchor. many-saliency erases the many-concepts protocol's set of four in one run with `score` as registered and
+with `saliency = false`, and judges the set's prompts at its seeds (the curve's images): acc_e per concept, acc_s.
 """
 
 from __future__ import annotations
@@ -68,14 +70,40 @@ def trce_gap() -> None:
               f"{(e_c - e_u).pow(2).mean():.4f}, {(e_a - e_u).pow(2).mean():.4f} |")
 
 
+def many_saliency(k: str = "4") -> None:
+    from score_erasure.evaluation.cache import ImageCache
+    from score_erasure.evaluation.evaluate import expectation_hits, set_prompts
+    from score_erasure.evaluation.judges import load_judge
+    from score_erasure.evaluation.protocol import load_sets
+    from score_erasure.jobs.bench import ErasureRequest, eraser
+    from score_erasure.models import resolve_model
+    from score_erasure.spec import mentions
+
+    sets = load_sets()
+    concept_set, base, judge = sets.sets[k], resolve_model("embedded"), load_judge(sets.judge)
+    concepts, n = concept_set.concepts, len(concept_set.erased)
+    header = " | ".join(f"acc_e {c}" for c in concepts)
+    print(f"| score | {header} | acc_e | acc_s |\n|---|{'---|' * (len(concepts) + 2)}")
+    for overrides in ({}, {"saliency": False}):
+        request = ErasureRequest("many", ",".join(concepts), "embedded", base.spec(list(concepts)))
+        pipe = eraser("score", overrides)(base.load(), request)
+        images = ImageCache(None).images(pipe, "probe", sets.sampling, set_prompts(concept_set), list(sets.seeds),
+                                         show_progress=False)
+        erased = expectation_hits(judge, images[:n], concept_set.erased)
+        rows = [[i for i, r in enumerate(concept_set.erased) if mentions(r.prompt, [c])] for c in concepts]
+        per = [erased[r].mean() for r in rows]
+        kept = expectation_hits(judge, images[n:], concept_set.kept).mean()
+        print(f"| {json.dumps(overrides)} | {' | '.join(f'{v:.3f}' for v in per)} | {erased.mean():.3f} | {kept:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["cgce-sweep", "trce-gap"])
+    parser.add_argument("probe", choices=["cgce-sweep", "trce-gap", "many-saliency"])
     args = parser.parse_args()
     from score_erasure.options import set_run_options
 
     set_run_options(threads=1)
-    (cgce_sweep if args.probe == "cgce-sweep" else trce_gap)()
+    {"cgce-sweep": cgce_sweep, "trce-gap": trce_gap, "many-saliency": many_saliency}[args.probe]()
 
 
 if __name__ == "__main__":
