@@ -8,6 +8,7 @@ import torch
 from score_erasure.backends import denoiser_for
 from score_erasure.errors import UserError
 from score_erasure.methods import METHODS, get_method
+from score_erasure.spec import ConceptSpec
 from score_erasure.testing import FAST_CONFIGS as FAST
 from score_erasure.testing import snapshot_changes
 
@@ -64,6 +65,24 @@ def test_saliency_mask_confines_score_updates(pipe, spec):
     moved = sum(int((v != before[k]).sum()) for k, v in denoiser.network.named_parameters())
     total = sum(v.numel() for v in before.values())
     assert moved / total <= trace.info["saliency_kept"] + 1e-9
+
+
+def test_score_builds_its_saliency_mask_from_every_concepts_prompts(pipe, spec):
+    from score_erasure.methods.score import ScoreTraining, score
+    from score_erasure.spec import combine_specs
+
+    asked = []
+
+    class Recording(ScoreTraining):
+        def saliency_gradients(self, params, prompts):
+            asked.append(list(prompts))
+            return super().saliency_gradients(params, prompts)
+
+    other = ConceptSpec(concepts=["heart"], target_prompts=["a heart", "a picture of a heart"],
+                        anchor_prompts=["a shape", "a picture of a shape"])
+    cfg = get_method("score").config(FAST["score"])  # saliency_prompts 1
+    score(denoiser_for(pipe), combine_specs([spec, other]), cfg, show_progress=False, training=Recording)
+    assert asked == [[0], [2]]  # the first prompt of each concept, not the first concept's alone
 
 
 def test_ant_is_score_without_the_adversary():
