@@ -1,14 +1,17 @@
-"""Three probes quoted in docs/methods.md, on the embedded model with one torch thread:
+"""Four probes quoted in docs/methods.md, on the embedded model with one torch thread:
 
     python benchmarks/method_probes.py cgce-sweep      # how far CGCE's refinement must go: star drawn, colour kept
     python benchmarks/method_probes.py trce-gap        # why TRCE's triplet loss is zero at the reference's margin
     python benchmarks/method_probes.py many-saliency   # SCORE on the four-concept set, with its mask and without
+    python benchmarks/method_probes.py many-budget     # the same set: what holds SCORE's erasure of four back
 
 cgce-sweep erases star with CGCE under each refinement setting and judges 4 seeds of six star prompts and three
 others. trce-gap samples 8 trajectories of the star prompts and prints, at four of their early points, the two
 squared distances of TRCE's hinge (to f_safe and to f_unsafe) and the squared guidance of the concept and of its
-anchor. many-saliency erases the many-concepts protocol's set of four in one run with `score` as registered and
-with `saliency = false`, and judges the set's prompts at its seeds (the curve's images): acc_e per concept, acc_s.
+anchor. many-saliency erases the many-concepts protocol's set of four in one run with `score` as it was in
+session 24 (its iterations shared by the concepts), and so with `saliency = false`, and judges the set's prompts at
+its seeds (the curve's images): acc_e per concept, acc_s. many-budget does the same for that `score`, then without
+its adversary, then with the plain preservation, and for `score` as registered (100 iterations a concept).
 """
 
 from __future__ import annotations
@@ -70,7 +73,16 @@ def trce_gap() -> None:
               f"{(e_c - e_u).pow(2).mean():.4f}, {(e_a - e_u).pow(2).mean():.4f} |")
 
 
-def many_saliency(k: str = "4") -> None:
+SHARED = {"iterations_per_concept": False}  # 100 iterations for all the concepts together (score before session 25)
+MANY = {"many-saliency": [SHARED, {**SHARED, "saliency": False}],
+        "many-budget": [SHARED, {**SHARED, "adversarial": False},
+                        {**SHARED, "pres_anchors": False, "pres_batch": 1, "lambda_pres": 2.0}, {}]}
+
+
+def many_concepts(configs: list[dict], k: str = "4") -> None:
+    """`score` under each override on the protocol's set of k concepts, erased in one run."""
+    import time
+
     from score_erasure.evaluation.cache import ImageCache
     from score_erasure.evaluation.evaluate import expectation_hits, set_prompts
     from score_erasure.evaluation.judges import load_judge
@@ -83,27 +95,33 @@ def many_saliency(k: str = "4") -> None:
     concept_set, base, judge = sets.sets[k], resolve_model("embedded"), load_judge(sets.judge)
     concepts, n = concept_set.concepts, len(concept_set.erased)
     header = " | ".join(f"acc_e {c}" for c in concepts)
-    print(f"| score | {header} | acc_e | acc_s |\n|---|{'---|' * (len(concepts) + 2)}")
-    for overrides in ({}, {"saliency": False}):
+    print(f"| score | {header} | acc_e | acc_s | erase s |\n|---|{'---|' * (len(concepts) + 3)}")
+    for overrides in configs:
         request = ErasureRequest("many", ",".join(concepts), "embedded", base.spec(list(concepts)))
+        start = time.time()
         pipe = eraser("score", overrides)(base.load(), request)
+        seconds = time.time() - start
         images = ImageCache(None).images(pipe, "probe", sets.sampling, set_prompts(concept_set), list(sets.seeds),
                                          show_progress=False)
         erased = expectation_hits(judge, images[:n], concept_set.erased)
         rows = [[i for i, r in enumerate(concept_set.erased) if mentions(r.prompt, [c])] for c in concepts]
         per = [erased[r].mean() for r in rows]
         kept = expectation_hits(judge, images[n:], concept_set.kept).mean()
-        print(f"| {json.dumps(overrides)} | {' | '.join(f'{v:.3f}' for v in per)} | {erased.mean():.3f} | {kept:.3f} |")
+        print(f"| {json.dumps(overrides)} | {' | '.join(f'{v:.3f}' for v in per)} | {erased.mean():.3f} | {kept:.3f} "
+              f"| {seconds:.0f} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["cgce-sweep", "trce-gap", "many-saliency"])
+    parser.add_argument("probe", choices=["cgce-sweep", "trce-gap", *MANY])
     args = parser.parse_args()
     from score_erasure.options import set_run_options
 
     set_run_options(threads=1)
-    {"cgce-sweep": cgce_sweep, "trce-gap": trce_gap, "many-saliency": many_saliency}[args.probe]()
+    if args.probe in MANY:
+        many_concepts(MANY[args.probe])
+    else:
+        {"cgce-sweep": cgce_sweep, "trce-gap": trce_gap}[args.probe]()
 
 
 if __name__ == "__main__":

@@ -85,6 +85,20 @@ def test_score_builds_its_saliency_mask_from_every_concepts_prompts(pipe, spec):
     assert asked == [[0], [2]]  # the first prompt of each concept, not the first concept's alone
 
 
+def test_score_gives_each_concept_its_own_iterations(pipe, spec):
+    from score_erasure.methods.score import score
+    from score_erasure.spec import combine_specs
+
+    other = ConceptSpec(concepts=["heart"], target_prompts=["a heart"], anchor_prompts=["a shape"])
+    cfg = get_method("score").config(FAST["score"])  # iterations 2
+    assert cfg.iterations_per_concept and not get_method("ant").config().iterations_per_concept
+    steps = {per: len(score(denoiser_for(pipe), combine_specs([spec, other]),
+                            cfg.model_copy(update={"iterations_per_concept": per}), show_progress=False).rows)
+             for per in (True, False)}
+    assert steps == {True: 4, False: 2}
+    assert len(score(denoiser_for(pipe), spec, cfg, show_progress=False).rows) == 2  # one concept: as before
+
+
 def test_ant_is_score_without_the_adversary():
     assert get_method("ant").config().adversarial is False
     assert get_method("score").config().adversarial is True

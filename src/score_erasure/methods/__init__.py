@@ -27,7 +27,7 @@ from score_erasure.methods.mace import MACEConfig, mace
 from score_erasure.methods.rece import RECEConfig, rece
 from score_erasure.methods.s_vare import SVAREConfig, s_vare
 from score_erasure.methods.salun import SalUnConfig, salun
-from score_erasure.methods.score import SCORE_PRESERVATION, ScoreConfig, score
+from score_erasure.methods.score import SCORE_DEFAULTS, ScoreConfig, score
 from score_erasure.methods.score_robust import ScoreRobustConfig, score_robust
 from score_erasure.methods.score_tokens import ScoreTokensConfig, score_tokens
 from score_erasure.methods.sdd import SDDConfig, sdd
@@ -97,11 +97,11 @@ _FAST_ESD = dict(iterations=2, steps=4)
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("score", score, ScoreConfig, "fine-tune", "SCORE: adversarial independence + trajectory + saliency",
-           preset=SCORE_PRESERVATION, smoke=_FAST_SCORE),
+           preset=SCORE_DEFAULTS, smoke=_FAST_SCORE),
     Method("ant", score, ScoreConfig, "fine-tune", "ANT: SCORE without the adversarial term",
            preset={"adversarial": False}, smoke=_FAST_SCORE),
     Method("fade", score, ScoreConfig, "fine-tune", "FADE: SCORE's objective, as its authors' flow-model paper "
-           "states it (a preset of score)", preset=SCORE_PRESERVATION, smoke=_FAST_SCORE),
+           "states it (a preset of score)", preset=SCORE_DEFAULTS, smoke=_FAST_SCORE),
     Method("esd-x", esd, ESDConfig, "fine-tune", "ESD on cross-attention", preset={"group": "xattn"},
            smoke=_FAST_ESD),
     Method("esd-u", esd, ESDConfig, "fine-tune", "ESD on everything but cross-attention",

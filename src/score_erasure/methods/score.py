@@ -50,6 +50,9 @@ class ScoreConfig(BaseModel):
 
     group: str = "full"
     iterations: int = Field(100, ge=1)  # enough on the embedded model; 200 cost fidelity and time (docs/methods.md)
+    # `iterations` for each concept erased at once, not shared by them all: a step trains on one target prompt, so
+    # k concepts in a shared budget get 1/k of it each, against a preservation term that acts on every step.
+    iterations_per_concept: bool = False
     lr: float = Field(5e-4, gt=0)  # ANT's; 1e-4 barely erased on the embedded model (docs/methods.md)
     steps: int = Field(25, ge=1)
     # K_e / steps. ANT used 7 of 50 (nudity) to 3 of 50 (art); the embedded world fixes style and fire at the
@@ -87,6 +90,9 @@ class ScoreConfig(BaseModel):
 # "SCORE's preservation"); the old form (one retained image, weight 2) is `pres_anchors = false`, `pres_batch = 1`,
 # `lambda_pres = 2`.
 SCORE_PRESERVATION = {"pres_anchors": True, "pres_batch": 4, "lambda_pres": 8.0}
+# `score`'s defaults beyond the shared fine-tune: that preservation, and with several concepts the iterations of
+# one for each (the preservation held four concepts' shared 100 back: docs/methods.md, "Multi-concept erasure").
+SCORE_DEFAULTS = {**SCORE_PRESERVATION, "iterations_per_concept": True}
 
 
 class Discriminator(nn.Module):
@@ -321,7 +327,8 @@ def score(denoiser, spec: ConceptSpec, cfg: ScoreConfig, checkpointing: Checkpoi
         and checkpointing.path.exists()
     if cfg.adversarial and not resuming:
         run.pretrain_discriminator()
-    trace = finetune(params, run.step, cfg.iterations, cfg.lr, label="score" if cfg.adversarial else "ant",
+    iterations = cfg.iterations * (len(spec.concepts) if cfg.iterations_per_concept else 1)
+    trace = finetune(params, run.step, iterations, cfg.lr, label="score" if cfg.adversarial else "ant",
                      mask=mask, checkpointing=checkpointing, extra_modules={"D": run.D},
                      extra_optimizers={"D": run.opt_D}, show_progress=show_progress)
     if mask is not None:
