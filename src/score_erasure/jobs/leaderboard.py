@@ -157,8 +157,8 @@ def leaderboard(model: str, methods: list[str], out: Path, suite: tuple[tuple[st
     else:
         tasks = _run_tasks(suite, run)
     if tables_only:
-        every_size = [int(k) for k in load_sets(sets_path).sets] if sizes is None else sizes
-        curves = [p for m in methods for k in every_size
+        curve_sizes = [int(k) for k in load_sets(sets_path).sets] if sizes is None else sizes
+        curves = [p for m in methods for k in curve_sizes
                   if (p := _as_saved(out / "many" / m / f"k{k}.json", CurvePoint))]
     else:
         curves = (concept_sets(model, methods, out / "many", sizes, cache, resume=not overwrite,
