@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from score_erasure import parallel
 from score_erasure.methods.loop import Checkpointing, Trace, finetune
-from score_erasure.methods.trce import trajectory_points
+from score_erasure.methods.trce import in_turn, trajectory_points
 from score_erasure.prompting.tokens import TokenPrompt, Vocabulary, token_prompt
 from score_erasure.spec import ConceptSpec
 
@@ -48,7 +48,7 @@ class AdvUnlearnConfig(BaseModel):
     attack_tokens: int = Field(1, ge=1)  # k
     retain_weight: float = Field(0.3, ge=0)  # γ
     retain_batch: int = Field(5, ge=1)
-    trajectories: int = Field(16, ge=1)  # cached base trajectories of the target prompts, in turn
+    trajectories: int = Field(16, ge=1)  # cached base trajectories of the target prompts, in turn (one each at least)
     retain_trajectories: int = Field(16, ge=1)  # of the retained prompts, in turn
     steps: int = Field(25, ge=2)  # DDIM schedule of the trajectories
     guidance: float = 3.0
@@ -73,7 +73,7 @@ def advunlearn(denoiser, spec: ConceptSpec, cfg: AdvUnlearnConfig, checkpointing
                show_progress: bool = True) -> Trace:
     denoiser.network.requires_grad_(False)
     targets, retain = spec.target_prompts, spec.retain_prompts or spec.anchor_prompts
-    pick = [j % len(targets) for j in range(cfg.trajectories)]
+    pick = in_turn(len(targets), cfg.trajectories)
     pick_r = [j % len(retain) for j in range(cfg.retain_trajectories)]
     # everything of ε_0, before φ moves: conditionings and trajectories
     c0, c0_r, uncond0 = denoiser.encode(targets), denoiser.encode(retain), denoiser.unconditional(1)
@@ -104,7 +104,7 @@ def advunlearn(denoiser, spec: ConceptSpec, cfg: AdvUnlearnConfig, checkpointing
     def step(k: int):
         rng = np.random.default_rng(parallel.step_key(cfg.seed, k))
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        j, n = int(rng.integers(cfg.trajectories)), int(rng.integers(cfg.steps))
+        j, n = int(rng.integers(len(pick))), int(rng.integers(cfg.steps))
         i, z_t, t = pick[j], z[n, j:j + 1], timesteps[n]
         with torch.no_grad():
             e_u, e_c = denoiser.predict(torch.cat([z_t, z_t]), t, torch.cat([uncond0, c0[i:i + 1]])).chunk(2)

@@ -34,7 +34,7 @@ from torch import nn
 from score_erasure import parallel
 from score_erasure.delta import attach_hook
 from score_erasure.methods.loop import Checkpointing, Trace, finetune
-from score_erasure.methods.trce import trajectory_points
+from score_erasure.methods.trce import in_turn, trajectory_points
 from score_erasure.spec import ConceptSpec
 
 BUCKETS = 20  # TLMO's timestep buckets of 50 training steps each
@@ -49,7 +49,7 @@ class DuMoConfig(BaseModel):
     retain_weight: float = Field(1.0, ge=0)  # γ
     retain_batch: int = Field(4, ge=1)
     strength: float = Field(1.0, ge=0)  # the inference multiplier of every residual
-    trajectories: int = Field(16, ge=1)  # cached base trajectories of the target prompts, in turn
+    trajectories: int = Field(16, ge=1)  # cached base trajectories of the target prompts, in turn (one each at least)
     retain_trajectories: int = Field(16, ge=1)
     steps: int = Field(25, ge=2)
     guidance: float = 3.0
@@ -123,7 +123,7 @@ def dumo(denoiser, spec: ConceptSpec, cfg: DuMoConfig, checkpointing: Checkpoint
 
     network = denoiser.network.requires_grad_(False)
     targets, retain = spec.target_prompts, spec.retain_prompts or spec.anchor_prompts
-    pick = [j % len(targets) for j in range(cfg.trajectories)]
+    pick = in_turn(len(targets), cfg.trajectories)
     pick_r = [j % len(retain) for j in range(cfg.retain_trajectories)]
     c, c_r, uncond = denoiser.encode(targets), denoiser.encode(retain), denoiser.unconditional(1)
     z, timesteps = trajectory_points(denoiser, c[pick], cfg, cfg.seed, cfg.steps, "dumo: trajectories", show_progress)
@@ -137,7 +137,7 @@ def dumo(denoiser, spec: ConceptSpec, cfg: DuMoConfig, checkpointing: Checkpoint
 
     def step(k: int):
         rng = np.random.default_rng(parallel.step_key(cfg.seed, k))
-        j, n = int(rng.integers(cfg.trajectories)), int(rng.integers(cfg.steps))
+        j, n = int(rng.integers(len(pick))), int(rng.integers(cfg.steps))
         i, z_t, t = pick[j], z[n, j:j + 1], timesteps[n]
         rows = rng.choice(cfg.retain_trajectories, size=min(cfg.retain_batch, cfg.retain_trajectories), replace=False)
         at = rng.integers(cfg.steps, size=len(rows))

@@ -75,6 +75,12 @@ def end_token_rows(denoiser, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def in_turn(n: int, count: int) -> list[int]:
+    """Indices of `count` cached trajectories cycling through n prompts, and at least one for each: with several
+    concepts a cache sized for one (AdvUnlearn's and DuMo's 16) would leave the later concepts' prompts untrained."""
+    return [j % n for j in range(max(count, n))]
+
+
 def trajectory_points(denoiser, cond: torch.Tensor, cfg: TRCEConfig, seed: int, keep: int, label: str = "",
                       show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `keep` points of one trajectory per row of `cond`: latents (keep, N, ...) and their timesteps.
@@ -97,7 +103,7 @@ def trajectory_points(denoiser, cond: torch.Tensor, cfg: TRCEConfig, seed: int, 
 def trce(denoiser, spec: ConceptSpec, cfg: TRCEConfig, checkpointing: Checkpointing | None = None,
          show_progress: bool = True) -> Trace:
     n = len(spec.target_prompts)
-    pick = [j % n for j in range(cfg.trajectories)]
+    pick = in_turn(n, cfg.trajectories)
     retain = spec.retain_prompts or [""]
     with torch.no_grad():
         targets, anchors = denoiser.encode(spec.target_prompts), denoiser.encode(spec.anchor_prompts)
