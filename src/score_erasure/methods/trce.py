@@ -74,13 +74,13 @@ def end_token_rows(denoiser, prompts: list[str]) -> torch.Tensor:
     return states[torch.arange(len(prompts)), last_positions(denoiser, prompts) + 1]
 
 
-@torch.no_grad()
 def in_turn(n: int, count: int) -> list[int]:
     """Indices of `count` cached trajectories cycling through n prompts, and at least one for each: with several
     concepts a cache sized for one (AdvUnlearn's and DuMo's 16) would leave the later concepts' prompts untrained."""
     return [j % n for j in range(max(count, n))]
 
 
+@torch.no_grad()
 def trajectory_points(denoiser, cond: torch.Tensor, cfg: TRCEConfig, seed: int, keep: int, label: str = "",
                       show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `keep` points of one trajectory per row of `cond`: latents (keep, N, ...) and their timesteps.
